@@ -1,0 +1,3 @@
+from ftbc.cli import main
+import sys
+sys.exit(main())

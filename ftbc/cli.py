@@ -1,0 +1,55 @@
+"""The ``ftbc`` command: one subcommand per entry point.
+
+Each subcommand lives in its own module exposing ``get_args_parser()`` and
+``main(args)`` (torchvision-references style), so scripts and the workflow
+can call ``main`` directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("ftbc.training", "train an ANN (ReLU, QCFS or clipped ReLU)"),
+    "evaluate": ("ftbc.evaluation", "convert, calibrate and evaluate an SNN at every time step"),
+    "quickstart": ("ftbc.quickstart", "train the small network on CIFAR-10, convert, calibrate, print the per-T table"),
+    "methods": ("baselines.cli", "list the registered conversion methods"),
+}
+
+
+class UsageError(Exception):
+    """A bad argument or input: printed as one line, exit status 2."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = argparse.ArgumentParser(prog="ftbc", description=__doc__.splitlines()[0])
+    sub = top.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_) in SUBCOMMANDS.items():
+        sub.add_parser(name, help=help_, add_help=False)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
+        if argv and argv[0] not in ("-h", "--help"):
+            top.print_usage(sys.stderr)
+            print(f"ftbc: error: unknown command {argv[0]!r} (choose from {', '.join(SUBCOMMANDS)})", file=sys.stderr)
+            return 2
+        top.print_help()
+        return 0
+    module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
+    parser = module.get_args_parser()
+    parser.prog = f"ftbc {argv[0]}"
+    args = parser.parse_args(argv[1:])
+    try:
+        return int(module.main(args) or 0)
+    except UsageError as e:
+        print(f"ftbc {argv[0]}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
