@@ -19,9 +19,7 @@ from typing import Any, Iterator
 import torch
 from safetensors.torch import load_file, save_file
 
-
-class CheckpointError(Exception):
-    """A checkpoint is missing, corrupted or does not fit the request."""
+from ftbc.errors import CheckpointError
 
 
 @contextlib.contextmanager

@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from ftbc.errors import UserError
+
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("ftbc.training", "train an ANN (ReLU, QCFS or clipped ReLU)"),
@@ -18,10 +20,6 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("ftbc.quickstart", "train the small network on CIFAR-10, convert, calibrate, print the per-T table"),
     "methods": ("baselines.cli", "list the registered conversion methods"),
 }
-
-
-class UsageError(Exception):
-    """A bad argument or input: printed as one line, exit status 2."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv[1:])
     try:
         return int(module.main(args) or 0)
-    except UsageError as e:
+    except UserError as e:
         print(f"ftbc {argv[0]}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

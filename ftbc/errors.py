@@ -1,0 +1,13 @@
+"""Errors a user can fix: the CLI prints them as one line and exits with status 2."""
+
+
+class UserError(Exception):
+    """Base class: a bad argument, missing data or an unusable file."""
+
+
+class DataError(UserError):
+    """A data folder is missing, empty or has the wrong layout."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint is missing, corrupted or does not fit the request."""
