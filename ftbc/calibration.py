@@ -1,0 +1,257 @@
+"""Calibration after conversion: one driver, and FTBC (METHODS.md section 5).
+
+The driver, :func:`layerwise_pass`, runs one layer-major forward of a
+calibration batch through the SNN. When the forward reaches a spiking layer,
+that layer's input current over all T steps is already computed from the
+*calibrated* layers below it; a stage's update function adjusts the layer's
+parameters from that input and the ANN target, and the layer then fires with
+its new parameters for the layers above. A pass therefore costs O(layers x T)
+layer evaluations, not the release's O(layers^2 x T) full-network steps.
+
+Stages are registered by name (:func:`register_stage`); SNN Calibration's bias,
+potential and weight calibration live in ``baselines/snnc.py``.
+
+FTBC, per spiking layer l, step t and output channel c, adds b_l[t]_c to the
+membrane before the threshold test. Two solvers of the one stage:
+
+- ``heuristic`` (the paper's): for each step, fire, take the per-channel error
+  e = mean_{N,H,W}(a - theta s(t)) against the ANN activation a, set
+  b[t] += alpha * e, and redo step t (re-threshold, re-reset) so step t+1
+  starts from the corrected membrane. Biases accumulate over batches and
+  iterations.
+- ``quantile`` (closed form): with m the membrane before the threshold test at
+  step t over all calibration positions, a fraction p = clip(mean(a)/theta, 0, 1)
+  should fire, so b[t] = theta - q with q the (1 - p)-quantile of m. One pass,
+  no alpha, no iterations.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ftbc.neuron import IFNeuron, if_step, neurons
+from ftbc.simulation import accuracy_per_step, reset_net, set_step_mode
+
+UpdateFn = Callable[[str, IFNeuron, Tensor, Tensor], None]
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    fn: Callable[..., None]
+    t_dependent: bool
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+
+STAGES: dict[str, StageSpec] = {}
+
+
+def register_stage(name: str, *, t_dependent: bool, defaults: Mapping[str, Any] | None = None):
+    """Register ``fn(snn, ctx, **params)`` as calibration stage ``name``."""
+
+    def deco(fn: Callable[..., None]) -> Callable[..., None]:
+        if name in STAGES:
+            raise ValueError(f"calibration stage {name!r} is already registered")
+        STAGES[name] = StageSpec(fn, t_dependent, dict(defaults or {}))
+        return fn
+
+    return deco
+
+
+def run_stages(snn: nn.Module, stages: Sequence[Any], ctx: Any) -> dict[str, float]:
+    """Run each stage in order; returns wall time per stage (``<name>_s``)."""
+    timings = {}
+    for stage in stages:
+        try:
+            spec = STAGES[stage.name]
+        except KeyError:
+            raise ValueError(f"unknown calibration stage {stage.name!r}; registered: {sorted(STAGES)}") from None
+        unknown = set(stage.params) - set(spec.defaults)
+        if unknown:
+            raise ValueError(f"stage {stage.name!r} has no parameter(s) {sorted(unknown)}; it takes {sorted(spec.defaults)}")
+        t0 = time.perf_counter()
+        spec.fn(snn, ctx, **{**spec.defaults, **stage.params})
+        timings[f"{stage.name}_s"] = time.perf_counter() - t0
+    return timings
+
+
+# -- the driver ------------------------------------------------------------------------
+
+def channel_mean(x: Tensor) -> Tensor:
+    """Mean over every dim but the channel dim 1: [N, C, *spatial] -> [C]."""
+    return x.mean(dim=[0, *range(2, x.dim())])
+
+
+@torch.no_grad()
+def ann_targets(ann: nn.Module, x: Tensor) -> dict[str, Tensor]:
+    """Post-activation outputs of every activation module of the (folded) ANN, by module name."""
+    from ftbc.conversion import activation_sites
+
+    out: dict[str, Tensor] = {}
+    handles = [
+        m.register_forward_hook(lambda mod, i, o, name=name: out.__setitem__(name, o.detach()))
+        for name, m in activation_sites(ann)
+    ]
+    try:
+        ann(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+@torch.no_grad()
+def layerwise_pass(snn: nn.Module, ann: nn.Module, x: Tensor, T: int, update: UpdateFn) -> None:
+    """One layer-major forward of ``x`` [N, ...] where each spiking layer with an ANN
+    counterpart is updated by ``update(name, neuron, xs, target)`` (xs: its input
+    current [T, N, ...]; target: the ANN activation [N, ...]) before it fires."""
+    targets = ann_targets(ann, x)
+    layers = neurons(snn)
+    for name, n in layers:
+        if name in targets:
+            n.calibration_hook = lambda neuron, xs, name=name: update(name, neuron, xs, targets[name])
+    set_step_mode(snn, "m", T)
+    reset_net(snn)
+    try:
+        snn(x.unsqueeze(0).expand(T, *x.shape).reshape(T * x.shape[0], *x.shape[1:]))
+    finally:
+        for _, n in layers:
+            n.calibration_hook = None
+        set_step_mode(snn, "s")
+        reset_net(snn)
+
+
+# -- FTBC -----------------------------------------------------------------------------
+
+def ensure_bias(n: IFNeuron, T: int, channels: int) -> None:
+    """Grow the neuron's FTBC bias buffer to at least [T, channels] (zeros for new steps)."""
+    old = n.bias
+    if old.shape[0] >= T and old.shape[1:] == (channels,):
+        return
+    new = torch.zeros(max(T, old.shape[0]), channels, device=n.threshold.device)
+    if old.numel():
+        new[: old.shape[0]] = old
+    n.bias = new
+
+
+def channel_threshold(n: IFNeuron, channels: int) -> Tensor:
+    return n.threshold.expand(channels) if n.threshold.dim() == 0 else n.threshold
+
+
+def ftbc_heuristic_update(n: IFNeuron, xs: Tensor, target: Tensor, alpha: float) -> None:
+    """The paper's rule over one batch: per step, correct b[t] by alpha * error, then redo the step."""
+    T, C = xs.shape[0], xs.shape[2]
+    ensure_bias(n, T, C)
+    goal = channel_mean(target)
+    theta = n.theta(xs.dim() - 1)
+    v = n.initial_membrane(xs[0])
+    for t in range(T):
+        s, _ = if_step(n.drive(xs[t], t), v, theta)
+        n.bias[t] += alpha * (goal - channel_mean(s * theta))
+        _, v = if_step(n.drive(xs[t], t), v, theta)  # redo step t with the corrected bias
+
+
+def quantile_bias(m: Tensor, p: Tensor, theta: Tensor) -> Tensor:
+    """Bias per channel so that the fraction of positions with m + b >= theta is nearest ``p``.
+
+    m: membranes [C, M]; p: target fractions [C]; theta: [C]. The cut is placed
+    halfway between neighbouring sorted values so rounding cannot flip a position;
+    tied values all fire or all stay, whichever lands nearer the target.
+    """
+    C, M = m.shape
+    desc = m.sort(dim=1, descending=True).values
+    k = torch.round(p.clamp(0, 1) * M).long()  # how many should fire
+    ar = torch.arange(C, device=m.device)
+    # Value at the boundary (k-th largest); ties: count strictly-above and at-or-above.
+    kth = desc[ar, (k - 1).clamp(0, M - 1)]
+    above = (desc > kth.unsqueeze(1)).sum(1)
+    at_or_above = (desc >= kth.unsqueeze(1)).sum(1)
+    take_ties = (at_or_above - k).abs() <= (k - above).abs()
+    n_fire = torch.where(take_ties, at_or_above, above)
+    n_fire = torch.where(k == 0, torch.zeros_like(k), n_fire)
+    # cut between desc[n_fire - 1] (fires) and desc[n_fire] (does not)
+    span = (desc[:, 0] - desc[:, -1]).abs() + theta.abs() + 1.0
+    hi = torch.where(n_fire > 0, desc[ar, (n_fire - 1).clamp(0, M - 1)], desc[:, 0] + span)
+    lo = torch.where(n_fire < M, desc[ar, n_fire.clamp(0, M - 1)], desc[:, -1] - span)
+    return theta - (hi + lo) / 2
+
+
+def ftbc_quantile_update(n: IFNeuron, xs: Tensor, target: Tensor) -> None:
+    """Closed-form FTBC over the whole batch: b[t] from the (1 - p)-quantile of the membrane."""
+    T, C = xs.shape[0], xs.shape[2]
+    ensure_bias(n, T, C)
+    n.bias[:T] = 0
+    theta_c = channel_threshold(n, C)
+    p = (channel_mean(target) / theta_c).clamp(0, 1)
+    theta = n.theta(xs.dim() - 1)
+    v = n.initial_membrane(xs[0])
+    for t in range(T):
+        m = v + n.drive(xs[t], t)  # bias[t] is still 0 here
+        n.bias[t] = quantile_bias(m.transpose(0, 1).reshape(C, -1), p, theta_c)
+        _, v = if_step(n.drive(xs[t], t), v, theta)
+
+
+@dataclass
+class _Best:
+    acc: float = -1.0
+    state: dict[str, Tensor] | None = None
+    iteration: int = -1
+
+
+def _holdout_accuracy(snn: nn.Module, ctx: Any) -> list[float]:
+    x, y = ctx.holdout
+    return accuracy_per_step(snn, [(x, y)], ctx.T, device=ctx.device).tolist()
+
+
+@register_stage(
+    "ftbc",
+    t_dependent=False,
+    defaults=dict(solver="heuristic", alpha=0.5, iterations=100, batches=5, batch_size=128, select="last"),
+)
+def ftbc_stage(snn: nn.Module, ctx: Any, *, solver: str, alpha: float, iterations: int, batches: int,
+               batch_size: int, select: str) -> None:
+    """FTBC calibration of every spiking layer with an ANN counterpart, for steps 1..T.
+
+    ``select='last'`` keeps the final biases (the suite's default protocol);
+    ``'holdout'`` keeps the iteration with the best accuracy at T on ``ctx.holdout``
+    (a slice of the training split, never the test set).
+    """
+    from ftbc.conversion import draw_batches
+
+    if solver not in ("heuristic", "quantile"):
+        raise ValueError(f"ftbc solver must be 'heuristic' or 'quantile', got {solver!r}")
+    if select not in ("last", "holdout"):
+        raise ValueError(f"ftbc select must be 'last' or 'holdout', got {select!r}")
+    if select == "holdout" and ctx.holdout is None:
+        raise ValueError("ftbc select='holdout' needs a held-out slice of the training split")
+    if not (0 < alpha <= 10) or iterations < 1 or batches < 1 or batch_size < 1:
+        raise ValueError(f"ftbc needs 0 < alpha <= 10 and positive iterations/batches/batch_size; "
+                         f"got alpha={alpha}, iterations={iterations}, batches={batches}, batch_size={batch_size}")
+    data = [b.to(ctx.device) for b in draw_batches(ctx.data, batches, batch_size, ctx.seed + 1)]
+    if solver == "quantile":
+        pooled = torch.cat(data)
+        layerwise_pass(snn, ctx.ann, pooled, ctx.T, lambda name, n, xs, a: ftbc_quantile_update(n, xs, a))
+        if ctx.holdout is not None:
+            ctx.log.append({"stage": "ftbc", "solver": solver, "iteration": 1, "holdout_acc": _holdout_accuracy(snn, ctx)})
+        return
+    best = _Best()
+    steps = range(iterations)
+    if ctx.progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc="FTBC", leave=False)
+    for it in steps:
+        for x in data:
+            layerwise_pass(snn, ctx.ann, x, ctx.T, lambda name, n, xs, a: ftbc_heuristic_update(n, xs, a, alpha))
+        if ctx.holdout is not None:
+            acc = _holdout_accuracy(snn, ctx)
+            ctx.log.append({"stage": "ftbc", "solver": solver, "iteration": it + 1, "holdout_acc": acc})
+            if select == "holdout" and acc[-1] > best.acc:
+                best = _Best(acc[-1], {f"{k}.bias": n.bias.clone() for k, n in neurons(snn)}, it + 1)
+    if select == "holdout" and best.state is not None:
+        snn.load_state_dict(best.state, strict=False)
+        ctx.log.append({"stage": "ftbc", "selected_iteration": best.iteration, "holdout_acc_at_T": best.acc})

@@ -1,0 +1,103 @@
+"""A conversion method as data: what the ANN needs, how the neurons are set, what calibrates them.
+
+Every baseline in ``baselines/`` is one :class:`Method` value handed to the
+single conversion driver (:func:`ftbc.conversion.convert`); methods differ in
+these fields, never in copies of the simulation or calibration code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ftbc.thresholds import RULES, T_DEPENDENT_RULES
+
+ACTIVATIONS = ("relu", "qcfs", "clip")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One calibration stage run after conversion, by name (see ``ftbc.calibration.STAGES``)."""
+
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A named conversion recipe.
+
+    Attributes:
+        name: registry name used in tables (``snnc_light``, ``ftbc_qcfs``, ...).
+        activation: the ANN activation the method needs ('relu', 'qcfs', 'clip').
+        threshold: rule in :data:`ftbc.thresholds.RULES`.
+        threshold_reduce: 'ema' (momentum 0.9 over batches) or 'max' (running maximum).
+        channelwise: one threshold per channel instead of per layer.
+        percentile: for the 'percentile' rule.
+        threshold_batches, threshold_batch_size: calibration images used to pick thresholds.
+        v0: initial membrane potential as a fraction of theta (QCFS: 0.5).
+        shift: add theta / (2T) at every step (RTS, SNNC).
+        spiking_classifier: make the last layer spiking too (RTS), theta = max logit.
+        stages: calibration stages, in order.
+        summary: one line for ``ftbc methods``.
+        reference: the paper.
+    """
+
+    name: str
+    activation: str
+    threshold: str = "max"
+    threshold_reduce: str = "ema"
+    channelwise: bool = False
+    percentile: float = 99.99
+    threshold_batches: int = 7
+    threshold_batch_size: int = 128
+    v0: float = 0.0
+    shift: bool = False
+    spiking_classifier: bool = False
+    stages: tuple[Stage, ...] = ()
+    summary: str = ""
+    reference: str = ""
+
+    def __post_init__(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"method {self.name}: activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.threshold not in RULES:
+            raise ValueError(f"method {self.name}: unknown threshold rule {self.threshold!r}; choose from {sorted(RULES)}")
+        if self.threshold_reduce not in ("ema", "max"):
+            raise ValueError(f"method {self.name}: threshold_reduce must be 'ema' or 'max'")
+
+    @property
+    def t_dependent(self) -> bool:
+        """True when a constant depends on T, so each T needs its own conversion run."""
+        from ftbc.calibration import STAGES
+
+        return (
+            self.shift
+            or self.threshold in T_DEPENDENT_RULES
+            or any(STAGES[s.name].t_dependent for s in self.stages)
+        )
+
+    def stage(self, name: str) -> Stage | None:
+        return next((s for s in self.stages if s.name == name), None)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "Method":
+        """Copy with fields or stage parameters replaced: ``{'channelwise': True, 'ftbc.iterations': 5}``."""
+        fields = {f.name for f in dataclasses.fields(self)}
+        top: dict[str, Any] = {}
+        stage_params: dict[str, dict[str, Any]] = {}
+        for key, value in overrides.items():
+            if "." in key:
+                stage_name, param = key.split(".", 1)
+                if self.stage(stage_name) is None:
+                    have = [s.name for s in self.stages] or "none"
+                    raise ValueError(f"method {self.name} has no stage {stage_name!r} (stages: {have})")
+                stage_params.setdefault(stage_name, {})[param] = value
+            elif key in fields and key != "name":
+                top[key] = value
+            else:
+                raise ValueError(f"method {self.name}: unknown setting {key!r}; settings: {sorted(fields - {'name'})}")
+        stages = tuple(
+            Stage(s.name, {**s.params, **stage_params.get(s.name, {})}) for s in top.pop("stages", self.stages)
+        )
+        return dataclasses.replace(self, **top, stages=stages)

@@ -1,0 +1,153 @@
+"""The integrate-and-fire neuron (METHODS.md section 1), the one every method uses.
+
+At step t = 0..T-1 (the paper's t = 1..T), with input current x(t)::
+
+    m(t) = v(t-1) + x(t) + offset + b[t]      # offset: SNNC/RTS shift, SNNC bias correction
+    s(t) = H(m(t) - theta)                     # fires when m >= theta
+    v(t) = m(t) - theta * s(t)                 # reset by subtraction
+    out(t) = theta * s(t)
+
+with v(-1) = v0. Methods differ only in the values of ``theta``, ``v0``,
+``offset`` and the FTBC biases ``b`` (shape [T_b, C]; steps t >= T_b get no
+bias); none subclasses the neuron.
+
+Shapes: per-channel parameters are stored as [C] and broadcast over
+[N, C, *spatial]; ``v0`` may also be per neuron ([C, *spatial], SNNC's
+potential calibration). Two step modes (as in SpikingJelly): ``'s'`` takes one
+step [N, ...] and keeps its membrane between calls; ``'m'`` takes all steps
+with T folded into the batch, [T*N, ...], and scans over T inside.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+
+def if_step(x: Tensor, v: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
+    """One IF step: integrate ``x`` into ``v``, fire at ``>= theta``, reset by subtraction.
+
+    Pure: reads no module state. Returns (spikes in {0, 1}, next membrane).
+    """
+    m = v + x
+    s = (m >= theta).to(m.dtype)
+    return s, m - theta * s
+
+
+def channel_view(p: Tensor, ndim: int) -> Tensor:
+    """Broadcast a [C] parameter over a [N, C, *spatial] tensor of ``ndim`` dims."""
+    if p.dim() == 1 and ndim > 2:
+        return p.view(-1, *([1] * (ndim - 2)))
+    return p
+
+
+CalibrationHook = Callable[["IFNeuron", Tensor], None]
+
+
+class IFNeuron(nn.Module):
+    """Integrate-and-fire neuron with soft reset, replacing one ANN activation.
+
+    Args:
+        threshold: theta, scalar or per channel [C].
+        v0: initial membrane potential (scalar, [C] or [C, *spatial]).
+        offset: current added at every step (scalar or [C]).
+    """
+
+    def __init__(self, threshold: Tensor | float = 1.0, v0: Tensor | float = 0.0, offset: Tensor | float = 0.0):
+        super().__init__()
+        self.register_buffer("threshold", torch.as_tensor(threshold, dtype=torch.float32).clone())
+        self.register_buffer("v0", torch.as_tensor(v0, dtype=torch.float32).clone())
+        self.register_buffer("offset", torch.as_tensor(offset, dtype=torch.float32).clone())
+        self.register_buffer("bias", torch.zeros(0, 0))  # FTBC b[t, c], filled by calibration
+        self.step_mode = "s"
+        self.n_steps = 1  # T, used in multi-step mode
+        self.calibration_hook: CalibrationHook | None = None
+        self.record = False
+        self.spike_counts: Tensor | None = None  # [T] spikes summed over batch and neurons
+        self.reset()
+
+    # -- state -----------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget the membrane; the next step starts from v0 at t = 0."""
+        self.v: Tensor | None = None
+        self.t = 0
+
+    def extra_repr(self) -> str:
+        shape = "scalar" if self.threshold.dim() == 0 else f"per-channel[{self.threshold.numel()}]"
+        return f"threshold={shape}, step_mode={self.step_mode!r}, ftbc_steps={self.bias.shape[0]}"
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Buffers change shape with the method (scalar vs per channel, FTBC steps):
+        # take the saved shape rather than failing on a mismatch.
+        for name in ("threshold", "v0", "offset", "bias"):
+            key = prefix + name
+            if key in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[key], device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # -- dynamics --------------------------------------------------------------
+    def drive(self, x: Tensor, t: int) -> Tensor:
+        """Input current of step ``t`` including offset and FTBC bias: x + offset + b[t]."""
+        d = x + channel_view(self.offset, x.dim())
+        if t < self.bias.shape[0]:
+            d = d + channel_view(self.bias[t], x.dim())
+        return d
+
+    def initial_membrane(self, like: Tensor) -> Tensor:
+        return channel_view(self.v0, like.dim()).expand_as(like).to(like.dtype).clone()
+
+    def theta(self, ndim: int) -> Tensor:
+        return channel_view(self.threshold, ndim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.step_mode == "m":
+            return self._multi_step(x)
+        return self._single_step(x)
+
+    def _single_step(self, x: Tensor) -> Tensor:
+        if self.v is None:
+            self.v = self.initial_membrane(x)
+        theta = self.theta(x.dim())
+        s, self.v = if_step(self.drive(x, self.t), self.v, theta)
+        if self.record:
+            self._count(self.t, s.sum())
+        self.t += 1
+        return s * theta
+
+    def _multi_step(self, x: Tensor) -> Tensor:
+        T = self.n_steps
+        if x.shape[0] % T:
+            raise ValueError(f"multi-step input must be [T*N, ...] with T={T}; got batch {x.shape[0]}")
+        xs = x.view(T, x.shape[0] // T, *x.shape[1:])
+        if self.calibration_hook is not None:
+            self.calibration_hook(self, xs)
+        spikes = self.scan(xs)
+        if self.record:
+            counts = spikes.flatten(1).sum(1)
+            for t in range(T):
+                self._count(t, counts[t])
+        return (spikes * self.theta(xs.dim() - 1)).view_as(x)
+
+    def scan(self, xs: Tensor) -> Tensor:
+        """Run all steps of ``xs`` [T, N, ...] from v0; returns spikes [T, N, ...]."""
+        theta = self.theta(xs.dim() - 1)
+        v = self.initial_membrane(xs[0])
+        spikes = torch.empty_like(xs)
+        for t in range(xs.shape[0]):
+            spikes[t], v = if_step(self.drive(xs[t], t), v, theta)
+        return spikes
+
+    def _count(self, t: int, n: Tensor) -> None:
+        if self.spike_counts is None or self.spike_counts.shape[0] <= t:
+            grown = torch.zeros(max(t + 1, 2 * (0 if self.spike_counts is None else len(self.spike_counts))), dtype=torch.float64)
+            if self.spike_counts is not None:
+                grown[: len(self.spike_counts)] = self.spike_counts
+            self.spike_counts = grown
+        self.spike_counts[t] += float(n)
+
+
+def neurons(model: nn.Module) -> list[tuple[str, IFNeuron]]:
+    """The IF neurons of ``model`` in registration (= forward, for converted nets) order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, IFNeuron)]

@@ -1,0 +1,92 @@
+"""Threshold rules: how theta is chosen from a layer's ANN activations.
+
+Each rule maps one calibration batch of post-activation values ``a``
+[N, C, *spatial] (or [N, C]) to a per-batch threshold, scalar or per channel
+[C]; the conversion driver combines batches with an EMA (momentum 0.9, as the
+releases do) or a running maximum.
+
+- ``max``: the batch maximum (the no-calibration "max-norm" baseline).
+- ``percentile``: the p-th percentile of the batch (robust max-norm).
+- ``mse``: SNN Calibration's search: theta in {max * (1 - 0.01 k), k = 0..94}
+  minimising || a - theta * clip(floor(a T / theta) / T, 0, 1) ||^2. Depends on T.
+- ``lambda``: the trained clipping level of a QCFS activation (theta = lambda).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+MSE_GRID = 95  # k = 0..94
+MSE_STEP = 0.01
+
+
+def per_channel(a: Tensor) -> Tensor:
+    """[N, C, *spatial] -> [C, N * prod(spatial)]."""
+    return a.transpose(0, 1).reshape(a.shape[1], -1)
+
+
+def _max(a: Tensor, *, channelwise: bool, **_) -> Tensor:
+    return per_channel(a).amax(1) if channelwise else a.max()
+
+
+def _percentile(a: Tensor, *, channelwise: bool, percentile: float = 99.99, **_) -> Tensor:
+    flat = per_channel(a) if channelwise else a.reshape(1, -1)
+    k = max(1, min(flat.shape[1], int(round(percentile / 100.0 * flat.shape[1]))))
+    vals = flat.float().kthvalue(k, dim=1).values
+    return vals if channelwise else vals[0]
+
+
+def quantisation_error(a: Tensor, theta: Tensor, T: int) -> Tensor:
+    """Squared error of the T-level clip-floor quantiser, summed per row of ``a`` [R, M]; theta [R]."""
+    th = theta.clamp_min(1e-12).unsqueeze(1)
+    q = th * torch.clamp(torch.floor(a * T / th) / T, 0, 1)
+    return (a - q).pow(2).sum(1)
+
+
+def mse_search(a: Tensor, T: int, *, channelwise: bool) -> Tensor:
+    """SNNC's grid search; returns the minimiser (scalar, or [C] if channel-wise)."""
+    rows = per_channel(a) if channelwise else a.reshape(1, -1)
+    rows = rows.float()
+    top = rows.amax(1)
+    best_err = torch.full_like(top, float("inf"))
+    best = top.clone()
+    for k in range(MSE_GRID):
+        cand = top * (1 - MSE_STEP * k)
+        err = quantisation_error(rows, cand, T)
+        better = err < best_err
+        best = torch.where(better, cand, best)
+        best_err = torch.where(better, err, best_err)
+    return best if channelwise else best[0]
+
+
+def _mse(a: Tensor, *, channelwise: bool, T: int, **_) -> Tensor:
+    return mse_search(a, T, channelwise=channelwise)
+
+
+def _lambda(a: Tensor, *, module: nn.Module, channelwise: bool, **_) -> Tensor:
+    lam = getattr(module, "lam", None)
+    if lam is None:
+        raise ValueError(f"threshold rule 'lambda' needs a QCFS activation, got {type(module).__name__}")
+    theta = lam.detach().reshape(())
+    return theta.expand(a.shape[1]).clone() if channelwise else theta.clone()
+
+
+RULES: dict[str, Callable[..., Tensor]] = {
+    "max": _max,
+    "percentile": _percentile,
+    "mse": _mse,
+    "lambda": _lambda,
+}
+T_DEPENDENT_RULES = frozenset({"mse"})
+
+
+def batch_threshold(rule: str, a: Tensor, **kwargs) -> Tensor:
+    """Apply ``rule`` to one batch of activations (see module docstring)."""
+    try:
+        fn = RULES[rule]
+    except KeyError:
+        raise ValueError(f"unknown threshold rule {rule!r}; choose from {sorted(RULES)}") from None
+    return fn(a.detach(), **kwargs)

@@ -1,0 +1,157 @@
+"""FTBC calibration: the update rule by hand, error reduction in every layer, the quantile solver."""
+
+import pytest
+import torch
+from torch import nn
+
+from _nets import tiny_resnet, tiny_vgg
+from ftbc.calibration import (ann_targets, channel_mean, ftbc_heuristic_update, ftbc_quantile_update,
+                              layerwise_pass, quantile_bias)
+from ftbc.conversion import convert, spiking_layers
+from ftbc.method import Method, Stage
+from ftbc.neuron import IFNeuron
+
+T = 6
+
+
+def method(**ftbc):
+    params = dict(alpha=0.5, iterations=3, batches=2, batch_size=32)
+    params.update(ftbc)
+    return Method(name="t_ftbc", activation="relu", threshold="max", threshold_reduce="ema",
+                  channelwise=True, v0=0.0, threshold_batches=2, threshold_batch_size=32,
+                  stages=(Stage("ftbc", params),))
+
+
+def step_errors(snn, ann, x, T):
+    """|per-step, per-channel mean(a - o_t)| for every spiking layer, averaged over t and c."""
+    targets = ann_targets(ann, x)
+    errs = {}
+
+    def probe(name, n, xs, a):
+        o = n.scan(xs) * n.theta(xs.dim() - 1)
+        errs[name] = torch.stack([(channel_mean(a) - channel_mean(o[t])).abs() for t in range(T)]).mean().item()
+
+    layerwise_pass(snn, ann, x, T, probe)
+    assert set(errs) == set(targets)
+    return errs
+
+
+def test_heuristic_update_by_hand():
+    # one neuron, one channel, two positions; theta 1, alpha 0.5, target mean 0.5
+    n = IFNeuron(threshold=1.0)
+    xs = torch.tensor([[[0.2], [0.2]], [[0.2], [0.2]]])  # [T=2, N=2, C=1]
+    target = torch.full((2, 1), 0.5)
+    ftbc_heuristic_update(n, xs, target, alpha=0.5)
+    # t0: m=.2, no spike, e=.5 -> b0=.25; redo: m=.45 silent, v=.45
+    # t1: m=.45+.2=.65 silent, e=.5 -> b1=.25; redo: m=.9, silent
+    torch.testing.assert_close(n.bias, torch.tensor([[0.25], [0.25]]))
+    ftbc_heuristic_update(n, xs, target, alpha=0.5)
+    # biases accumulate: t0: m=.45 silent, e=.5 -> b0=.5, redo m=.7 silent v=.7
+    # t1: m=.7+.2+.25=1.15 fires: o=1, e=.5-1=-.5 -> b1=0.0; redo m=.9 silent
+    torch.testing.assert_close(n.bias, torch.tensor([[0.5], [0.0]]))
+
+
+def test_heuristic_redo_makes_next_step_start_from_corrected_membrane():
+    n = IFNeuron(threshold=1.0)
+    xs = torch.tensor([[[0.0]], [[0.6]]])  # T=2, N=1, C=1
+    target = torch.ones(1, 1)
+    ftbc_heuristic_update(n, xs, target, alpha=1.0)
+    # t0: silent, e=1 -> b0=1; redo: m=1 fires, v=0. t1: m=.6 silent, e=1 -> b1=1
+    # without the redo, t1 would start from v=0 too but t0 would not have fired: check b0 and b1
+    torch.testing.assert_close(n.bias, torch.tensor([[1.0], [1.0]]))
+    out = n.scan(xs)
+    assert out.flatten().tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("make", [tiny_vgg, tiny_resnet])
+def test_ftbc_lowers_step_error_in_every_layer(make):
+    torch.manual_seed(0)
+    x = torch.randn(64, 3, 16, 16)
+    base = convert(make(), method(iterations=1).with_overrides({"stages": ()}), data=x, T=T)
+    before = step_errors(base.snn, base.ann, x, T)
+    cal = convert(make(), method(), data=x, T=T)
+    after = step_errors(cal.snn, cal.ann, x, T)
+    for k in before:
+        assert after[k] < before[k], (k, before[k], after[k])
+    # the biases are buffers: they travel in the state dict
+    assert any(k.endswith(".bias") and v.dim() == 2 and v.shape[0] == T for k, v in cal.snn.state_dict().items())
+
+
+def test_calibration_changes_only_the_ftbc_biases():
+    x = torch.randn(32, 3, 16, 16)
+    plain = convert(tiny_vgg(), method().with_overrides({"stages": ()}), data=x, T=T).snn
+    cal = convert(tiny_vgg(), method(iterations=1, batches=1), data=x, T=T).snn
+    ftbc_keys = {f"{name}.bias" for name, _ in spiking_layers(cal)}
+    after = cal.state_dict()
+    for k, v in plain.state_dict().items():
+        if k not in ftbc_keys:
+            torch.testing.assert_close(after[k], v, rtol=0, atol=0)
+    assert all(after[k].abs().sum() > 0 for k in ftbc_keys)
+
+
+# -- the quantile solver (closed-form FTBC) ---------------------------------------------
+
+def single_layer(C=4, N=50, HW=3, seed=0):
+    torch.manual_seed(seed)
+    xs = torch.randn(T, N, C, HW, HW) * 0.6 + 0.2
+    target = torch.rand(N, C, HW, HW) * torch.tensor([0.1, 0.4, 0.8, 1.5]).view(1, C, 1, 1)
+    n = IFNeuron(threshold=torch.tensor([1.0, 0.8, 1.2, 1.0]))
+    return n, xs, target
+
+
+def test_quantile_firing_fraction_hits_target_per_step_and_channel():
+    n, xs, target = single_layer()
+    ftbc_quantile_update(n, xs, target)
+    spikes = n.scan(xs)  # [T, N, C, H, W]
+    M = xs.shape[1] * xs.shape[3] * xs.shape[4]
+    p = (channel_mean(target) / n.threshold).clamp(0, 1)
+    want = torch.round(p * M)
+    fired = spikes.transpose(1, 2).reshape(T, 4, -1).sum(-1)
+    assert (fired - want).abs().max().item() <= 1, (fired, want)
+    # the over-target channel (mean 0.75 > theta 1.0? no: 1.5/2 = .75 < 1) and a saturated one
+    n2 = IFNeuron(threshold=0.5)
+    ftbc_quantile_update(n2, xs[:, :, :1], torch.ones(50, 1, 3, 3))
+    assert n2.scan(xs[:, :, :1]).mean().item() == 1.0  # p = clip(1/0.5) = 1: all fire
+
+
+def test_quantile_independent_of_batch_order_and_repeatable():
+    n, xs, target = single_layer()
+    ftbc_quantile_update(n, xs, target)
+    b1 = n.bias.clone()
+    ftbc_quantile_update(n, xs, target)  # calibrating twice gives the same biases
+    torch.testing.assert_close(n.bias, b1, rtol=0, atol=0)
+    perm = torch.randperm(xs.shape[1])
+    n_perm = IFNeuron(threshold=n.threshold.clone())
+    ftbc_quantile_update(n_perm, xs[:, perm], target[perm])
+    torch.testing.assert_close(n_perm.bias, b1, rtol=0, atol=0)
+
+
+def test_quantile_bias_with_ties_picks_nearest_count():
+    m = torch.tensor([[3.0, 2.0, 2.0, 2.0, 1.0]])
+    theta = torch.tensor([1.0])
+    # want 2 of 5 to fire: either 1 (only the 3) or 4 (3 and the tied 2s) -> 1 is nearer
+    b = quantile_bias(m, torch.tensor([0.4]), theta)
+    assert ((m + b) >= theta).sum().item() == 1
+    # want 3 of 5: 1 or 4 -> 4 is nearer
+    b = quantile_bias(m, torch.tensor([0.6]), theta)
+    assert ((m + b) >= theta).sum().item() == 4
+    assert ((m + quantile_bias(m, torch.tensor([0.0]), theta)) >= theta).sum().item() == 0
+    assert ((m + quantile_bias(m, torch.tensor([1.0]), theta)) >= theta).sum().item() == 5
+
+
+def test_quantile_stage_end_to_end_lowers_error():
+    torch.manual_seed(0)
+    x = torch.randn(64, 3, 16, 16)
+    base = convert(tiny_resnet(), method().with_overrides({"stages": ()}), data=x, T=T)
+    cal = convert(tiny_resnet(), method(solver="quantile", batches=2, batch_size=32), data=x, T=T)
+    before, after = step_errors(base.snn, base.ann, x, T), step_errors(cal.snn, cal.ann, x, T)
+    for k in before:
+        assert after[k] < before[k], (k, before[k], after[k])
+
+
+def test_bad_stage_parameters_are_rejected():
+    x = torch.randn(8, 3, 16, 16)
+    with pytest.raises(ValueError, match="no parameter"):
+        convert(tiny_vgg(), method(nonsense=1), data=x, T=2)
+    with pytest.raises(ValueError, match="solver"):
+        convert(tiny_vgg(), method(solver="magic"), data=x, T=2)
