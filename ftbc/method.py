@@ -40,6 +40,8 @@ class Method:
         shift: add theta / (2T) at every step (RTS, SNNC).
         spiking_classifier: make the last layer spiking too (RTS), theta = max logit.
         stages: calibration stages, in order.
+        dataset_overrides: per dataset, settings in :meth:`with_overrides` form
+            (the releases tune FTBC per dataset).
         summary: one line for ``ftbc methods``.
         reference: the paper.
     """
@@ -56,6 +58,7 @@ class Method:
     shift: bool = False
     spiking_classifier: bool = False
     stages: tuple[Stage, ...] = ()
+    dataset_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     summary: str = ""
     reference: str = ""
 
@@ -81,6 +84,11 @@ class Method:
     def stage(self, name: str) -> Stage | None:
         return next((s for s in self.stages if s.name == name), None)
 
+    def for_dataset(self, dataset: str) -> "Method":
+        """This method with the settings its releases used on ``dataset``."""
+        extra = self.dataset_overrides.get(dataset)
+        return self.with_overrides(extra) if extra else self
+
     def with_overrides(self, overrides: Mapping[str, Any]) -> "Method":
         """Copy with fields or stage parameters replaced: ``{'channelwise': True, 'ftbc.iterations': 5}``."""
         fields = {f.name for f in dataclasses.fields(self)}
@@ -93,7 +101,7 @@ class Method:
                     have = [s.name for s in self.stages] or "none"
                     raise ValueError(f"method {self.name} has no stage {stage_name!r} (stages: {have})")
                 stage_params.setdefault(stage_name, {})[param] = value
-            elif key in fields and key != "name":
+            elif key in fields and key not in ("name", "dataset_overrides"):
                 top[key] = value
             else:
                 raise ValueError(f"method {self.name}: unknown setting {key!r}; settings: {sorted(fields - {'name'})}")

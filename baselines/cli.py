@@ -1,0 +1,31 @@
+"""``ftbc methods``: the registered conversion methods, one line each."""
+
+from __future__ import annotations
+
+import argparse
+
+from baselines import get_method, list_methods
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, add_help=add_help)
+    p.add_argument("pattern", nargs="?", default="*", help="fnmatch filter, e.g. 'ftbc_*'")
+    p.add_argument("--dataset", default=None, help="show the settings used on this dataset")
+    p.add_argument("--verbose", "-v", action="store_true", help="also print each stage's parameters")
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    rows = []
+    for name in list_methods(args.pattern):
+        m = get_method(name, args.dataset)
+        stages = "+".join(s.name for s in m.stages) or "-"
+        rows.append((name, m.activation, m.threshold + ("/ch" if m.channelwise else ""), f"{m.v0:g}",
+                     "theta/2T" if m.shift else "-", stages, "yes" if m.t_dependent else "no"))
+        if args.verbose:
+            rows.extend(("", "", "", "", "", f"  {s.name}: {dict(s.params)}", "") for s in m.stages)
+    head = ("method", "activation", "threshold", "v0/theta", "shift", "stages", "depends on T")
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    for r in [head, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0

@@ -1,0 +1,20 @@
+"""QCFS (Bu et al., ICLR 2022; METHODS.md section 3).
+
+The ANN is trained with the quantisation-clip-floor-shift activation
+(``ftbc.models.activations.QCFS``: L levels, trainable lambda initialised to
+8). Conversion keeps the weights, sets theta = lambda and v(0) = theta / 2, and
+adds nothing else: with v(0) = theta/2 the expected conversion error is zero
+for any T, so nothing depends on T and one T_max run gives every prefix.
+"""
+
+from baselines import Method, register_method
+
+QCFS = register_method(Method(
+    name="qcfs",
+    activation="qcfs",
+    threshold="lambda",
+    v0=0.5,
+    threshold_batches=1,  # theta comes from the weights; one batch only checks the wiring
+    summary="QCFS-activation ANN, theta = lambda, v(0) = theta/2",
+    reference="Bu et al., Optimal ANN-SNN Conversion for High-accuracy and Ultra-low-latency SNNs, ICLR 2022",
+))

@@ -1,0 +1,186 @@
+"""SNN Calibration (Li, Deng, Dong, Gong, Gu, "A Free Lunch From ANN", ICML 2021; METHODS.md section 2).
+
+A ReLU ANN (BN folded), thresholds from SNNC's MSE search over
+{max * (1 - 0.01 k)} against a T-level clip-floor quantiser (EMA 0.9 over 7
+batches of 128), the shift theta / (2T) at every step, v(0) = 0, then:
+
+- light pipeline (``snnc_light``): bias calibration (BC);
+- advanced pipeline (``snnc_advanced``): potential calibration (PC), preceded
+  by weight calibration (WC) on ImageNet, as the release does.
+
+The three calibration stages are registered here; each visits the spiking
+layers in forward order with the layers below already calibrated (the
+driver in :mod:`ftbc.calibration`). Everything depends on T.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from baselines import Method, Stage, register_method
+from ftbc.calibration import channel_mean, layerwise_pass, register_stage
+from ftbc.conversion import draw_batches, spiking_layers
+from ftbc.neuron import IFNeuron
+
+
+@dataclass(frozen=True)
+class SNNCConfig:
+    """The release's hyperparameters."""
+
+    threshold_batches: int = 7
+    threshold_batch_size: int = 128
+    calibration_images: int = 128  # BC / PC: one calibration batch
+    wc_samples: int = 1024
+    wc_iterations: int = 5000
+    wc_batch_size: int = 32
+    wc_lr: float = 1e-5
+
+
+CFG = SNNCConfig()
+
+
+def _rate(n: IFNeuron, xs: Tensor) -> Tensor:
+    """Time-averaged output theta * mean_t s(t) of neuron ``n`` on input ``xs`` [T, N, ...]."""
+    return (n.scan(xs) * n.theta(xs.dim() - 1)).mean(0)
+
+
+def _one_batch(ctx, images: int) -> Tensor:
+    return draw_batches(ctx.data, 1, images, ctx.seed + 2)[0].to(ctx.device)
+
+
+@register_stage("bias", t_dependent=True, defaults=dict(images=CFG.calibration_images))
+def bias_calibration(snn: nn.Module, ctx, *, images: int) -> None:
+    """BC: per channel, offset_c -= mean_{N,H,W}(r - a), r the SNN's mean rate over T steps."""
+
+    def update(name: str, n: IFNeuron, xs: Tensor, a: Tensor) -> None:
+        err = channel_mean(_rate(n, xs) - a)
+        n.offset = n.offset.expand_as(err).clone() - err if n.offset.dim() == 0 else n.offset - err
+
+    layerwise_pass(snn, ctx.ann, _one_batch(ctx, images), ctx.T, update)
+
+
+@register_stage("potential", t_dependent=True, defaults=dict(images=CFG.calibration_images))
+def potential_calibration(snn: nn.Module, ctx, *, images: int) -> None:
+    """PC: per neuron (C x H x W, averaged over the batch), v(0) += T * (E[a] - E[r])."""
+
+    def update(name: str, n: IFNeuron, xs: Tensor, a: Tensor) -> None:
+        n.v0 = n.v0 + ctx.T * (a.mean(0) - _rate(n, xs).mean(0))
+
+    layerwise_pass(snn, ctx.ann, _one_batch(ctx, images), ctx.T, update)
+
+
+# -- weight calibration ---------------------------------------------------------------
+
+class _Stop(Exception):
+    """Ends a calibration forward once the layer of interest has been seen."""
+
+
+def feeding_layer(snn: torch.fx.GraphModule, neuron_name: str) -> tuple[str, nn.Module] | None:
+    """The Conv2d / Linear whose output is the neuron's input current (main path of a residual add)."""
+    node = next(n for n in snn.graph.nodes if n.op == "call_module" and n.target == neuron_name)
+    node = node.args[0]
+    while isinstance(node, torch.fx.Node):
+        if node.op == "call_module" and isinstance(snn.get_submodule(node.target), (nn.Conv2d, nn.Linear)):
+            return node.target, snn.get_submodule(node.target)
+        if node.op == "call_function" and node.target in (operator.add, torch.add):
+            node = node.args[0]
+            continue
+        return None
+    return None
+
+
+def quantise(z: Tensor, theta: Tensor, T: int) -> Tensor:
+    """theta * clip(floor(z T / theta) / T, 0, 1) with a straight-through floor."""
+    u = z * T / theta
+    return theta * torch.clamp((u + (u.floor() - u).detach()) / T, 0, 1)
+
+
+def _capture(snn, ctx, x: Tensor, name: str, layer: nn.Module):
+    """Mean input rate of ``layer``, the rest of the neuron's current, and the ANN target, for images ``x``."""
+    got = {}
+    h = layer.register_forward_hook(lambda m, i, o: got.__setitem__("inp", i[0]))
+
+    def update(n_name, n, xs, a):
+        if n_name == name:
+            got["xs"], got["a"] = xs, a
+            raise _Stop
+
+    try:
+        layerwise_pass(snn, ctx.ann, x, ctx.T, update)
+    except _Stop:
+        pass
+    finally:
+        h.remove()
+    with torch.no_grad():
+        inp = got["inp"].view(ctx.T, -1, *got["inp"].shape[1:]).mean(0)
+        rest = got["xs"].mean(0) - layer(inp)
+    return inp, rest, got["a"]
+
+
+def layer_loss(layer: nn.Module, theta: Tensor, T: int, inp: Tensor, rest: Tensor, a: Tensor) -> Tensor:
+    return (quantise(layer(inp) + rest, theta, T) - a).pow(2).flatten(1).sum(1).mean()
+
+
+@register_stage("weight", t_dependent=True, defaults=dict(
+    samples=CFG.wc_samples, iterations=CFG.wc_iterations, batch_size=CFG.wc_batch_size, lr=CFG.wc_lr, chunk=128))
+def weight_calibration(snn: nn.Module, ctx, *, samples: int, iterations: int, batch_size: int, lr: float,
+                       chunk: int) -> None:
+    """WC: per layer, minimise E||quantise(W r + b) - a||^2 over W (Adam, cosine lr, STE floor)."""
+    images = torch.cat(draw_batches(ctx.data, math.ceil(samples / chunk), chunk, ctx.seed + 3))[:samples]
+    g = torch.Generator().manual_seed(ctx.seed)
+    for name, n in spiking_layers(snn):
+        found = feeding_layer(snn, name)
+        if found is None:
+            continue
+        _, layer = found
+        parts = [_capture(snn, ctx, x.to(ctx.device), name, layer) for x in images.split(chunk)]
+        inp, rest, a = (torch.cat(p) for p in zip(*parts))
+        theta = n.theta(a.dim())
+        opt = torch.optim.Adam([layer.weight], lr=lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, iterations))
+        with torch.enable_grad():
+            layer.weight.requires_grad_(True)
+            for _ in range(iterations):
+                idx = torch.randint(0, len(inp), (min(batch_size, len(inp)),), generator=g)
+                loss = layer_loss(layer, theta, ctx.T, inp[idx], rest[idx], a[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+            layer.weight.requires_grad_(False)
+        ctx.log.append({"stage": "weight", "layer": name,
+                        "loss": float(layer_loss(layer, theta, ctx.T, inp, rest, a).detach())})
+
+
+# -- the methods ------------------------------------------------------------------------
+
+_COMMON = dict(
+    activation="relu",
+    threshold="mse",
+    threshold_reduce="ema",
+    threshold_batches=CFG.threshold_batches,
+    threshold_batch_size=CFG.threshold_batch_size,
+    v0=0.0,
+    shift=True,
+    reference="Li et al., A Free Lunch From ANN: Towards Efficient, Accurate SNN Calibration, ICML 2021",
+)
+
+SNNC_LIGHT = register_method(Method(
+    name="snnc_light",
+    stages=(Stage("bias"),),
+    summary="ReLU ANN, MSE-searched thresholds, shift theta/2T, bias calibration",
+    **_COMMON,
+))
+
+SNNC_ADVANCED = register_method(Method(
+    name="snnc_advanced",
+    stages=(Stage("potential"),),
+    dataset_overrides={"imagenet": {"stages": (Stage("weight"), Stage("potential"))}},
+    summary="ReLU ANN, MSE-searched thresholds, shift theta/2T, potential calibration (weight calibration first on ImageNet)",
+    **_COMMON,
+))

@@ -1,0 +1,289 @@
+"""``ftbc evaluate``: ANN accuracy, then SNN accuracy at every time step for one method.
+
+A T-free method (see ``Method.t_dependent``) is converted and calibrated once
+for T_max and one simulation gives the accuracy at every t = 1..T_max; a
+T-dependent method is converted once per requested T and reports that T.
+Calibration images come from the training split (minus an optional held-out
+slice); the test split is only ever evaluated.
+
+Outputs (written atomically): ``accuracy.csv`` (long form, one row per t),
+``activity.csv`` (per spiking layer and t: firing rate and synaptic operations
+per image, the energy proxy SNN papers report), ``result.json`` (resolved
+configuration, timings, calibration log) and ``run.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import operator
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+import torch
+import yaml
+from torch import Tensor, fx, nn
+
+from ftbc._io import write_json, write_text
+from ftbc.conversion import convert, spiking_layers
+from ftbc.errors import UserError
+from ftbc.method import Method
+from ftbc.neuron import IFNeuron
+from ftbc.simulation import StepMode, correct_per_step, recording, simulate
+
+RESULT_FORMAT = 1
+PASS_THROUGH = (nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, nn.Identity)
+
+
+# -- synaptic operations -----------------------------------------------------------------
+
+def fan_out(module: nn.Module) -> float:
+    """Synapses one input event drives in ``module`` (conv: C_out k_h k_w / (s_h s_w groups))."""
+    if isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        sh, sw = module.stride
+        return module.out_channels * kh * kw / (sh * sw * module.groups)
+    if isinstance(module, nn.Linear):
+        return float(module.out_features)
+    raise TypeError(type(module).__name__)
+
+
+def spike_fan_out(snn: fx.GraphModule) -> dict[str, float]:
+    """Per spiking layer, the synapses one of its spikes drives in the weighted layers it feeds.
+
+    Follows the graph through pooling, flatten, dropout and residual additions
+    (a spike passing a non-overlapping average pool still lands in exactly one
+    input of the next layer); stops at weighted layers and at other neurons.
+    """
+    modules = dict(snn.named_modules())
+    result = {}
+    for node in snn.graph.nodes:
+        if node.op != "call_module" or not isinstance(modules[node.target], IFNeuron):
+            continue
+        total, frontier, seen = 0.0, list(node.users), set()
+        while frontier:
+            n = frontier.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            m = modules.get(n.target) if n.op == "call_module" else None
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                total += fan_out(m)
+            elif isinstance(m, PASS_THROUGH) or (n.op == "call_function" and n.target in (
+                    operator.add, torch.add, torch.flatten)) or (n.op == "call_method" and n.target in (
+                    "flatten", "view", "reshape")):
+                frontier.extend(n.users)
+        result[node.target] = total
+    return result
+
+
+# -- the evaluation loop ------------------------------------------------------------------
+
+@torch.no_grad()
+def evaluate_snn(snn: fx.GraphModule, batches: Iterable[tuple[Tensor, Tensor]], T: int, *,
+                 device: torch.device | str = "cpu", mode: StepMode = "auto",
+                 progress: bool = False) -> tuple[Tensor, pd.DataFrame]:
+    """Accuracy (%) at t = 1..T and per-layer activity from one T-step simulation."""
+    correct = torch.zeros(T, dtype=torch.long)
+    total = 0
+    sizes: dict[str, int] = {}
+
+    def size_hook(name: str):
+        def hook(module: nn.Module, inputs: Any, out: Tensor) -> None:
+            sizes.setdefault(name, out[0].numel())
+        return hook
+
+    hooks = [n.register_forward_hook(size_hook(name)) for name, n in spiking_layers(snn)]
+    it = batches
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(batches, desc=f"SNN T={T}", leave=False)
+    try:
+        with recording(snn) as layers:
+            for x, y in it:
+                out = simulate(snn, x.to(device), T, mode=mode)
+                correct += correct_per_step(out, y)
+                total += len(y)
+    finally:
+        for h in hooks:
+            h.remove()
+    if total == 0:
+        raise UserError("no test images to evaluate")
+    fan = spike_fan_out(snn)
+    rows = []
+    for name, n in layers.items():
+        counts = n.spike_counts[:T] if n.spike_counts is not None else torch.zeros(T)
+        for t in range(T):
+            spikes = float(counts[t]) / total
+            rows.append(dict(layer=name, t=t + 1, firing_rate=spikes / sizes.get(name, 1),
+                             spikes_per_image=spikes, synops_per_image=spikes * fan.get(name, 0.0)))
+    return correct.double() * 100.0 / total, pd.DataFrame(rows)
+
+
+def run(
+    *,
+    model: nn.Module,
+    meta: dict[str, Any],
+    method: Method,
+    Ts: list[int],
+    calib_data: Any,
+    test_batches: list[tuple[Tensor, Tensor]],
+    holdout: tuple[Tensor, Tensor] | None = None,
+    ann_accuracy: float,
+    seed: int = 0,
+    device: str = "cpu",
+    mode: StepMode = "auto",
+    progress: bool = False,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Convert, calibrate and evaluate ``model`` with ``method``; returns (accuracy, activity, details)."""
+    if meta.get("act") != method.activation:
+        raise UserError(f"method {method.name} needs a {method.activation!r} ANN, but the checkpoint is "
+                        f"{meta.get('act')!r} ({meta.get('arch')}); train one with --act {method.activation}")
+    runs = sorted(set(Ts)) if method.t_dependent else [max(Ts)]
+    acc_rows, act_frames, details = [], [], {"runs": []}
+    for T in runs:
+        t0 = time.perf_counter()
+        conv = convert(model, method, data=calib_data, T=T, seed=seed, device=device, holdout=holdout,
+                       progress=progress)
+        t1 = time.perf_counter()
+        acc, activity = evaluate_snn(conv.snn, test_batches, T, device=device, mode=mode, progress=progress)
+        sim_s = time.perf_counter() - t1
+        keep = range(1, T + 1) if not method.t_dependent else [T]
+        for t in keep:
+            if t in Ts or not method.t_dependent:
+                acc_rows.append(dict(t=t, T_run=T, accuracy=float(acc[t - 1])))
+        act_frames.append(activity.assign(T_run=T))
+        details["runs"].append(dict(T=T, convert_calibrate_s=t1 - t0, simulate_s=sim_s, timings=conv.timings,
+                                    log=conv.log))
+    base = dict(dataset=meta.get("dataset"), arch=meta.get("arch"), activation=method.activation,
+                method=method.name, seed=seed, ann_accuracy=ann_accuracy,
+                protocol=protocol(method, holdout is not None))
+    accuracy = pd.DataFrame([{**base, **r} for r in acc_rows])
+    activity = pd.concat(act_frames, ignore_index=True).assign(method=method.name)
+    return accuracy, activity, details
+
+
+def protocol(method: Method, has_holdout: bool) -> str:
+    """How the reported number was chosen: never on the test set."""
+    st = method.stage("ftbc")
+    if st is not None and st.params.get("select") == "holdout":
+        return "ftbc: best iteration on a held-out training slice"
+    return "last iteration, calibrated on training images" if method.stages else "no calibration"
+
+
+# -- CLI --------------------------------------------------------------------------------
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs, values parsed as YAML scalars (``ftbc.iterations=5``)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--set expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def parse_T(text: str) -> list[int]:
+    """``32`` -> 1..32 is not implied: '1,2,4' or '1-32' or '32'."""
+    Ts: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if "-" in part:
+            a, b = part.split("-", 1)
+            Ts.extend(range(int(a), int(b) + 1))
+        elif part:
+            Ts.append(int(part))
+    if not Ts or min(Ts) < 1 or max(Ts) > 4096:
+        raise UserError(f"T must be a list of steps in 1..4096 (e.g. 1,2,4,8 or 1-32), got {text!r}")
+    return sorted(set(Ts))
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Convert, calibrate and evaluate an SNN at every time step.",
+                                add_help=add_help)
+    p.add_argument("--checkpoint", required=True, help="model.safetensors (or its run folder) from ftbc train")
+    p.add_argument("--method", required=True, help="a registered method (ftbc methods)")
+    p.add_argument("--T", default="1,2,4,8,16,32", help="time steps to report: '1,2,4' or '1-32'")
+    p.add_argument("--data-root", required=True, help="dataset folder (ImageFolder tree or torchvision CIFAR)")
+    p.add_argument("--download", action="store_true", help="let torchvision download CIFAR into --data-root")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0, help="calibration seed")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a method setting, e.g. ftbc.iterations=5 or channelwise=true")
+    p.add_argument("--holdout", type=int, default=0, help="training images held out for logging/selection")
+    p.add_argument("--n-test", type=int, default=0, help="evaluate on a fixed subset of this many test images")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--mode", choices=("auto", "s", "m"), default="auto", help="execution order")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def load_eval_data(dataset: str, root: str, *, download: bool, holdout: int, seed: int, n_test: int,
+                   batch_size: int):
+    """(calibration source, holdout tensors or None, test batches) with test-time transforms."""
+    from torch.utils.data import Subset
+
+    from ftbc.data import build_transform, holdout_split, load_split
+
+    tf = build_transform(dataset, train=False)
+    train = load_split(dataset, root, "train", transform=tf, download=download)
+    test = load_split(dataset, root, "test", transform=tf, download=download)
+    calib, held = train, None
+    if holdout:
+        train_idx, hold_idx = holdout_split(len(train), holdout, seed=seed)
+        calib = Subset(train, train_idx)
+        held = _stack(Subset(train, hold_idx))
+    if n_test:
+        g = torch.Generator().manual_seed(seed)
+        test = Subset(test, torch.randperm(len(test), generator=g)[:n_test].sort().values.tolist())
+    x, y = _stack(test)
+    return calib, held, list(zip(x.split(batch_size), y.split(batch_size)))
+
+
+def _stack(ds) -> tuple[Tensor, Tensor]:
+    xs, ys = zip(*(ds[i] for i in range(len(ds))))
+    return torch.stack(xs), torch.as_tensor(ys)
+
+
+def write_outputs(out: Path, accuracy: pd.DataFrame, activity: pd.DataFrame, result: dict[str, Any]) -> None:
+    write_text(out / "accuracy.csv", accuracy.to_csv(index=False))
+    write_text(out / "activity.csv", activity.to_csv(index=False))
+    write_json(out / "result.json", {"format": RESULT_FORMAT, **result})
+
+
+def main(args: argparse.Namespace) -> int:
+    from baselines import get_method
+    from ftbc.training import evaluate, load_model
+
+    Ts = parse_T(args.T)
+    model, meta = load_model(args.checkpoint, device=args.device)
+    try:
+        method = get_method(args.method, meta.get("dataset")).with_overrides(parse_overrides(args.overrides))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    progress = not args.quiet
+    calib, held, test_batches = load_eval_data(meta["dataset"], args.data_root, download=args.download,
+                                               holdout=args.holdout, seed=args.seed, n_test=args.n_test,
+                                               batch_size=args.batch_size)
+    ann_acc = evaluate(model, test_batches, args.device)
+    accuracy, activity, details = run(model=model, meta=meta, method=method, Ts=Ts, calib_data=calib,
+                                      test_batches=test_batches, holdout=held, ann_accuracy=ann_acc,
+                                      seed=args.seed, device=args.device, mode=args.mode, progress=progress)
+    out = Path(args.out)
+    write_outputs(out, accuracy, activity, dict(
+        config=vars(args), method=method_record(method), checkpoint=meta, ann_accuracy=ann_acc, **details))
+    write_text(out / "run.yaml", yaml.safe_dump(vars(args), sort_keys=False))
+    print(f"ANN accuracy {ann_acc:.2f} %  ({meta['arch']}, {meta['act']}, {meta['dataset']})")
+    print(accuracy[["method", "t", "accuracy"]].to_string(index=False))
+    return 0
+
+
+def method_record(method: Method) -> dict[str, Any]:
+    d = {k: v for k, v in method.__dict__.items() if k not in ("stages", "dataset_overrides")}
+    d["stages"] = [{"name": s.name, **dict(s.params)} for s in method.stages]
+    d["t_dependent"] = method.t_dependent
+    return d
