@@ -112,7 +112,8 @@ def observe_thresholds(gm: fx.GraphModule, method: Method, batches: Sequence[Ten
     def hook(name: str) -> Callable:
         def fn(module: nn.Module, inputs: Any, out: Tensor) -> None:
             combine(name, batch_threshold(method.threshold, out, module=module, T=T,
-                                          channelwise=method.channelwise, percentile=method.percentile))
+                                          channelwise=method.channelwise, percentile=method.percentile,
+                                          max_positions=method.threshold_positions))
         return fn
 
     handles = [m.register_forward_hook(hook(n)) for n, m in sites.items()]

@@ -35,6 +35,8 @@ class Method:
         threshold_reduce: 'ema' (momentum 0.9 over batches) or 'max' (running maximum).
         channelwise: one threshold per channel instead of per layer.
         percentile: for the 'percentile' rule.
+        threshold_positions: search the 'mse' rule on at most this many positions per
+            channel and batch (None: all, as the release; a CPU shortcut otherwise).
         threshold_batches, threshold_batch_size: calibration images used to pick thresholds.
         v0: initial membrane potential as a fraction of theta (QCFS: 0.5).
         shift: add theta / (2T) at every step (RTS, SNNC).
@@ -52,6 +54,7 @@ class Method:
     threshold_reduce: str = "ema"
     channelwise: bool = False
     percentile: float = 99.99
+    threshold_positions: int | None = None
     threshold_batches: int = 7
     threshold_batch_size: int = 128
     v0: float = 0.0

@@ -46,24 +46,48 @@ def quantisation_error(a: Tensor, theta: Tensor, T: int) -> Tensor:
     return (a - q).pow(2).sum(1)
 
 
-def mse_search(a: Tensor, T: int, *, channelwise: bool) -> Tensor:
-    """SNNC's grid search; returns the minimiser (scalar, or [C] if channel-wise)."""
+def _scaled_error(a: Tensor, theta: Tensor, T: int, buf: Tensor) -> Tensor:
+    """Same value as :func:`quantisation_error` for a >= 0, with fewer passes over memory.
+
+    With u = a T / theta: a - q = (theta / T) (u - min(floor(u), T)).
+    """
+    th = theta.clamp_min(1e-12)
+    torch.mul(a, (T / th).unsqueeze(1), out=buf)
+    r = torch.floor(buf).clamp_(max=T)
+    torch.sub(buf, r, out=buf)
+    return (th / T) ** 2 * torch.linalg.vector_norm(buf, dim=1).pow(2)
+
+
+def mse_search(a: Tensor, T: int, *, channelwise: bool, max_positions: int | None = None) -> Tensor:
+    """SNNC's grid search; returns the minimiser (scalar, or [C] if channel-wise).
+
+    ``max_positions`` (None: all, as the release) searches on a fixed random subset
+    of that many positions per row: a CPU shortcut, recorded with the method.
+    """
     rows = per_channel(a) if channelwise else a.reshape(1, -1)
     rows = rows.float()
+    if max_positions and rows.shape[1] > max_positions:
+        keep = torch.randperm(rows.shape[1], generator=torch.Generator().manual_seed(0))[:max_positions]
+        rows = rows[:, keep.to(rows.device)]
+    if not channelwise:  # zeros cost nothing and are most of a ReLU output
+        rows = rows[rows > 0].reshape(1, -1)
+        if rows.numel() == 0:
+            return torch.zeros(())
     top = rows.amax(1)
     best_err = torch.full_like(top, float("inf"))
     best = top.clone()
+    buf = torch.empty_like(rows)
     for k in range(MSE_GRID):
         cand = top * (1 - MSE_STEP * k)
-        err = quantisation_error(rows, cand, T)
+        err = _scaled_error(rows, cand, T, buf)
         better = err < best_err
         best = torch.where(better, cand, best)
         best_err = torch.where(better, err, best_err)
     return best if channelwise else best[0]
 
 
-def _mse(a: Tensor, *, channelwise: bool, T: int, **_) -> Tensor:
-    return mse_search(a, T, channelwise=channelwise)
+def _mse(a: Tensor, *, channelwise: bool, T: int, max_positions: int | None = None, **_) -> Tensor:
+    return mse_search(a, T, channelwise=channelwise, max_positions=max_positions)
 
 
 def _lambda(a: Tensor, *, module: nn.Module, channelwise: bool, **_) -> Tensor:

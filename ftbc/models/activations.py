@@ -1,0 +1,140 @@
+"""ANN activations that the converter turns into IF neurons.
+
+Every activation site of a model holds its own module instance, so the SNN
+converter can find the sites by type (:func:`is_activation`) and swap each one
+for an IF neuron whose threshold comes from that module:
+
+- ``'relu'``: :class:`torch.nn.ReLU` (SNN Calibration; threshold searched later).
+- ``'qcfs'``: :class:`QCFS`, the quantisation-clip-floor-shift activation of
+  Bu et al., ICLR 2022 (METHODS.md section 3); theta = ``lam``, v(0) = theta / 2.
+- ``'clip'``: :class:`ClipReLU`, the clipped ReLU of RTS (Deng & Gu, ICLR 2021;
+  METHODS.md section 4); theta = the layer's maximum activation (about ``y_th``).
+
+Models take the activation as a factory: ``get_act_layer('qcfs', L=4)`` returns
+a zero-argument callable that builds a fresh module on every call.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Union
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["ACTIVATIONS", "ACT_KWARGS", "QCFS", "ClipReLU", "get_act_layer", "is_activation"]
+
+
+def floor_ste(x: Tensor) -> Tensor:
+    """floor(x) in the forward pass, identity in the backward pass.
+
+    ``x + (floor(x) - x).detach()``: plain tensor ops, so it traces with
+    torch.fx and compiles. The value is exactly floor(x) for x >= 0 (the
+    difference floor(x) - x is exact there by Sterbenz's lemma, and adding it
+    back lands on a representable integer), which is the only range QCFS uses.
+    """
+    return x + (torch.floor(x) - x).detach()
+
+
+class QCFS(nn.Module):
+    """Quantisation-clip-floor-shift activation (QCFS, ICLR 2022).
+
+    ``a = lam * clamp(floor(z * L / lam + 1/2) / L, 0, 1)``, computed in the
+    release's order (clamp before floor) with the constants folded:
+    ``s = clamp(z * (L / lam), 0, L); a = floor_ste(s + 1/2) * (lam / L)``.
+    The values are the same, the elementwise work is smaller, and autograd
+    produces both gradients:
+
+    - d a / d z = 1 for 0 < z < lam, else 0 (straight-through floor; at the
+      two end points torch.clamp passes no gradient);
+    - d a / d lam = q - z / lam inside that range (q the quantised level in
+      [0, 1]), 1 above it, 0 below it.
+
+    Args:
+        L: quantisation steps (4 on CIFAR; 8 ImageNet ResNet-34; 16 ImageNet VGG-16).
+        init_lambda: initial clipping level; small values
+            (such as 1.0) can drive lambda negative.
+
+    Shape:
+        any; ``lam`` is one trainable scalar (shape ``()``) per layer.
+    """
+
+    def __init__(self, L: int = 4, init_lambda: float = 8.0) -> None:
+        super().__init__()
+        if int(L) != L or L < 1:
+            raise ValueError(f"QCFS needs an integer L >= 1, got {L!r}")
+        if not init_lambda > 0:
+            raise ValueError(f"QCFS needs init_lambda > 0, got {init_lambda!r}")
+        self.L = int(L)
+        self.lam = nn.Parameter(torch.tensor(float(init_lambda)))
+
+    def forward(self, z: Tensor) -> Tensor:
+        s = torch.clamp(z * (self.L / self.lam), 0.0, float(self.L))
+        return floor_ste(s + 0.5) * (self.lam / self.L)
+
+    def extra_repr(self) -> str:
+        if self.lam.is_meta:
+            return f"L={self.L}"
+        return f"L={self.L}, lam={self.lam.item():.4g}"
+
+
+class ClipReLU(nn.Module):
+    """Clipped ReLU of RTS: ``a = clamp(z, 0, y_th)``.
+
+    The gradient is 1 for 0 < z < y_th and 0 outside. At the two end points
+    themselves torch.clamp (scalar bounds) passes no gradient, as ReLU passes
+    none at 0; they are a set of measure zero.
+
+    Args:
+        y_th: the clipping level, one value for all layers (1 on CIFAR-10,
+            2 on CIFAR-100, 3 on ImageNet VGG-16).
+    """
+
+    def __init__(self, y_th: float = 1.0) -> None:
+        super().__init__()
+        if not y_th > 0:
+            raise ValueError(f"ClipReLU needs y_th > 0, got {y_th!r}")
+        self.y_th = float(y_th)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return torch.clamp(z, 0.0, self.y_th)
+
+    def extra_repr(self) -> str:
+        return f"y_th={self.y_th:g}"
+
+
+_ACT_CLASSES: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "qcfs": QCFS, "clip": ClipReLU}
+ACTIVATIONS: tuple[str, ...] = tuple(_ACT_CLASSES)
+# The settings each activation accepts; any other keyword is an error.
+ACT_KWARGS: dict[str, tuple[str, ...]] = {"relu": (), "qcfs": ("L", "init_lambda"), "clip": ("y_th",)}
+
+ActFactory = Callable[[], nn.Module]
+
+
+def get_act_layer(name: Union[str, ActFactory] = "relu", **kwargs) -> ActFactory:
+    """Return a factory that builds a fresh activation module per call.
+
+    Args:
+        name: ``'relu'``, ``'qcfs'`` or ``'clip'`` (case-insensitive), or a
+            callable (a module class or factory) that is used as given.
+        **kwargs: the activation's settings: ``L``, ``init_lambda`` for
+            ``'qcfs'``; ``y_th`` for ``'clip'``; none for ``'relu'``.
+
+    Raises:
+        ValueError: an unknown name, or a setting the activation does not take.
+    """
+    if callable(name):
+        return functools.partial(name, **kwargs) if kwargs else name
+    key = str(name).lower()
+    if key not in _ACT_CLASSES:
+        raise ValueError(f"unknown activation {name!r}; valid names: {', '.join(ACTIVATIONS)}")
+    extra = sorted(set(kwargs) - set(ACT_KWARGS[key]))
+    if extra:
+        allowed = ", ".join(ACT_KWARGS[key]) or "none"
+        raise ValueError(f"activation {key!r} takes no setting {', '.join(extra)} (allowed: {allowed})")
+    return functools.partial(_ACT_CLASSES[key], **kwargs)
+
+
+def is_activation(module: nn.Module) -> bool:
+    """True for the modules the converter swaps for IF neurons."""
+    return isinstance(module, (nn.ReLU, QCFS, ClipReLU))

@@ -1,0 +1,203 @@
+"""ResNets of the conversion lineages: basic blocks, average pooling, an injected activation.
+
+The same name means different networks in different papers (METHODS.md section 7):
+
+- ``resnet20_qcfs``: the standard CIFAR ResNet-20 (He et al., CVPR 2016) used by
+  QCFS (Bu et al., ICLR 2022): conv3x3 stem (16), [3, 3, 3] blocks of
+  16-32-64 channels, about 0.27 M parameters.
+- ``resnet20_rts``: the "ResNet-20" of RTS (Deng & Gu, ICLR 2021) and the
+  ICML 2021 SNN Calibration (QCFS calls it "altered ResNet-18"): a stem of
+  three conv3x3 (64) + BN + activation, AvgPool(2), [2, 2, 2, 2] blocks of
+  64-128-256-512 channels.
+- ``resnet20_snnc``: the later SNN Calibration ResNet-20: one-conv stem (64),
+  [3, 3, 3] blocks of 64-128-256.
+- ``resnet18_cifar``: CIFAR-style ResNet-18, conv3x3 stride-1 stem (64),
+  [2, 2, 2, 2] blocks of 64-512.
+- ``resnet34_snnc``: ImageNet ResNet-34 of SNN Calibration / FTBC "Ours*":
+  deep stem (three conv3x3 32-32-64, the first with stride 2), the max pool
+  replaced by AvgPool2d(3, 2, 1), [3, 4, 6, 3] blocks.
+- ``resnet34_qcfs``: ImageNet ResNet-34 of QCFS: conv3x3 stride-1 stem (64),
+  no stem pooling, so the first stage runs at full input resolution.
+
+Every block adds its shortcut (identity, or 1x1 conv + BN when the shape
+changes) to ``bn2(conv2(.))`` before its second activation, the place where
+the SNN's neuron integrates both currents. Written for this suite (MIT).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence, Union
+
+from timm.models import generate_default_cfgs
+from torch import Tensor, nn
+
+from ._factory import build_model, cifar_cfg, imagenet_cfg, register_model
+from ._layers import conv_norm, conv_norm_act, init_weights
+from .activations import get_act_layer
+
+__all__ = ["BasicBlock", "ResNet"]
+
+
+class BasicBlock(nn.Module):
+    """``act2(bn2(conv2(act1(bn1(conv1(x))))) + shortcut(x))``.
+
+    Args:
+        in_ch: input channels.
+        out_ch: output channels.
+        stride: stride of ``conv1`` and of the projection shortcut.
+        norm: BatchNorm after each conv (else ``bn1``/``bn2`` are identities
+            and the convs carry biases).
+        act_layer: zero-argument activation factory (two instances per block).
+
+    Shape:
+        ``(N, in_ch, H, W) -> (N, out_ch, H / stride, W / stride)``.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, *, norm: bool = True,
+                 act_layer: Callable[[], nn.Module]) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=not norm)
+        self.bn1 = nn.BatchNorm2d(out_ch) if norm else nn.Identity()
+        self.act1 = act_layer()
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, stride=1, padding=1, bias=not norm)
+        self.bn2 = nn.BatchNorm2d(out_ch) if norm else nn.Identity()
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Sequential(*conv_norm(in_ch, out_ch, 1, stride, norm=norm))
+        else:
+            self.shortcut = nn.Identity()
+        self.act2 = act_layer()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out)) + self.shortcut(x)
+        return self.act2(out)
+
+
+class ResNet(nn.Module):
+    """Stem -> stages of basic blocks -> global average pool -> flatten -> ``fc``.
+
+    Args:
+        layers: blocks per stage; stage 1 keeps the resolution, later stages
+            halve it in their first block.
+        channels: output channels per stage.
+        stem: ``(out_channels, stride)`` of each conv3x3 + BN + activation of the stem.
+        stem_pool: ``(kernel, stride, padding)`` of an AvgPool2d closing the
+            stem, or None.
+        norm: use BatchNorm (all published variants do).
+        num_classes: outputs of ``fc``.
+        in_chans: input channels.
+        act_layer: activation name or zero-argument factory.
+
+    Shape:
+        ``(N, in_chans, H, W) -> (N, num_classes)``.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[int],
+        channels: Sequence[int],
+        *,
+        stem: Sequence[tuple[int, int]] = ((64, 1),),
+        stem_pool: Optional[tuple[int, int, int]] = None,
+        norm: bool = True,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        act_layer: Union[str, Callable[[], nn.Module]] = "relu",
+    ) -> None:
+        super().__init__()
+        if len(layers) != len(channels):
+            raise ValueError(f"layers {tuple(layers)} and channels {tuple(channels)} differ in length")
+        act_layer = get_act_layer(act_layer)
+        stem_layers: list[nn.Module] = []
+        ch = in_chans
+        for out, stride in stem:
+            stem_layers += conv_norm_act(ch, out, 3, stride, norm=norm, act_layer=act_layer)
+            ch = out
+        if stem_pool is not None:
+            stem_layers.append(nn.AvgPool2d(*stem_pool))
+        self.stem = nn.Sequential(*stem_layers)
+        stages = []
+        for i, (n_blocks, out) in enumerate(zip(layers, channels)):
+            blocks = []
+            for j in range(n_blocks):
+                stride = 2 if i > 0 and j == 0 else 1
+                blocks.append(BasicBlock(ch, out, stride, norm=norm, act_layer=act_layer))
+                ch = out
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten(1)
+        self.fc = nn.Linear(ch, num_classes)
+        self.num_classes = num_classes
+        init_weights(self)
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.stages(self.stem(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.flatten(self.global_pool(self.forward_features(x))))
+
+
+def _create_resnet(variant: str, pretrained: bool = False, **kwargs) -> ResNet:
+    return build_model(ResNet, variant, pretrained, **kwargs)
+
+
+_SNNC = "A Free Lunch From ANN: Towards Efficient, Accurate Spiking Neural Networks Calibration"
+_QCFS = "Optimal ANN-SNN Conversion for High-accuracy and Ultra-low-latency Spiking Neural Networks"
+_RTS = "Optimal Conversion of Conventional Artificial Neural Networks to Spiking Neural Networks"
+
+default_cfgs = generate_default_cfgs({
+    "resnet20_qcfs": cifar_cfg(first_conv="stem.0", paper_name=_QCFS),
+    "resnet20_rts": cifar_cfg(first_conv="stem.0", paper_name=_RTS),
+    "resnet20_snnc": cifar_cfg(first_conv="stem.0", paper_name=_SNNC),
+    "resnet18_cifar": cifar_cfg(first_conv="stem.0"),
+    "resnet34_snnc": imagenet_cfg(first_conv="stem.0", paper_name=_SNNC),
+    "resnet34_qcfs": imagenet_cfg(first_conv="stem.0", paper_name=_QCFS),
+})
+
+
+@register_model
+def resnet20_qcfs(pretrained: bool = False, **kwargs) -> ResNet:
+    """Standard CIFAR ResNet-20: stem 16, [3, 3, 3] x 16-32-64."""
+    model_args = dict(layers=(3, 3, 3), channels=(16, 32, 64), stem=((16, 1),))
+    return _create_resnet("resnet20_qcfs", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet20_rts(pretrained: bool = False, **kwargs) -> ResNet:
+    """RTS / ICML-SNNC ResNet-20: 3-conv stem 64, AvgPool(2), [2, 2, 2, 2] x 64-512."""
+    model_args = dict(layers=(2, 2, 2, 2), channels=(64, 128, 256, 512),
+                      stem=((64, 1), (64, 1), (64, 1)), stem_pool=(2, 2, 0))
+    return _create_resnet("resnet20_rts", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet20_snnc(pretrained: bool = False, **kwargs) -> ResNet:
+    """Later SNNC ResNet-20: stem 64, [3, 3, 3] x 64-128-256."""
+    model_args = dict(layers=(3, 3, 3), channels=(64, 128, 256), stem=((64, 1),))
+    return _create_resnet("resnet20_snnc", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet18_cifar(pretrained: bool = False, **kwargs) -> ResNet:
+    """CIFAR ResNet-18: stem 64 (stride 1), [2, 2, 2, 2] x 64-512."""
+    model_args = dict(layers=(2, 2, 2, 2), channels=(64, 128, 256, 512), stem=((64, 1),))
+    return _create_resnet("resnet18_cifar", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet34_snnc(pretrained: bool = False, **kwargs) -> ResNet:
+    """SNNC ImageNet ResNet-34: deep stem 32-32-64 (stride 2), AvgPool(3, 2, 1), [3, 4, 6, 3]."""
+    model_args = dict(layers=(3, 4, 6, 3), channels=(64, 128, 256, 512),
+                      stem=((32, 2), (32, 1), (64, 1)), stem_pool=(3, 2, 1))
+    return _create_resnet("resnet34_snnc", pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def resnet34_qcfs(pretrained: bool = False, **kwargs) -> ResNet:
+    """QCFS ImageNet ResNet-34: stem 64 (stride 1, no pooling), [3, 4, 6, 3]."""
+    model_args = dict(layers=(3, 4, 6, 3), channels=(64, 128, 256, 512), stem=((64, 1),))
+    return _create_resnet("resnet34_qcfs", pretrained, **dict(model_args, **kwargs))

@@ -1,0 +1,108 @@
+"""Shared fixtures: the real offline CIFAR-10 copy and synthetic ImageFolder trees.
+
+The real copy is extracted once per test run from ``cifar10-jpeg.tar.gz``
+(``$FTBC_CIFAR10_ARCHIVE`` or ``<repo>/../shared/data/``). Where it is missing the
+tests that need it are skipped, except on CI (``$CI`` set), where that is a failure.
+Every run uses its own data cache (``$FTBC_CACHE``), never ``~/.cache/ftbc``.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_ARCHIVE = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ftbc_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Give the run a private, empty data cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FTBC_CACHE", str(tmp_path_factory.mktemp("ftbc-cache")))
+        yield
+
+
+@pytest.fixture(scope="session")
+def cifar10_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of the extracted ``cifar10-jpeg`` folder (train/ and test/, 10 classes)."""
+    explicit = os.environ.get("FTBC_CIFAR10_ARCHIVE")
+    archive = Path(explicit) if explicit else DEFAULT_ARCHIVE
+    if not archive.is_file():
+        msg = (f"CIFAR-10 archive not found at {archive}: set FTBC_CIFAR10_ARCHIVE to the path of "
+               f"cifar10-jpeg.tar.gz (see shared/data/README.md)")
+        if os.environ.get("CI") or explicit:
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg)
+    dest = tmp_path_factory.mktemp("cifar10")
+    with tarfile.open(archive) as tar:
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 / 3.12: refuse unsafe members
+            tar.extractall(dest, filter="data")
+        else:
+            tar.extractall(dest)
+    root = dest / "cifar10-jpeg"
+    if not (root / "train").is_dir() or not (root / "test").is_dir():
+        pytest.fail(f"{archive} did not extract to cifar10-jpeg/train and cifar10-jpeg/test", pytrace=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar10_train(cifar10_root: Path):
+    """The real training split as a TensorImageDataset without transform (do not mutate)."""
+    from ftbc.data import load_split
+
+    return load_split("cifar10", cifar10_root, "train")
+
+
+@pytest.fixture(scope="session")
+def cifar10_test(cifar10_root: Path):
+    """The real test split as a TensorImageDataset without transform (do not mutate)."""
+    from ftbc.data import load_split
+
+    return load_split("cifar10", cifar10_root, "test")
+
+
+def write_imagefolder(root: Path, *, classes: int | Sequence[str] = 3, per_class: int = 2,
+                      size: int | tuple[int, int] = 32, splits: Sequence[str] = ("train", "test"),
+                      ext: str | Sequence[str] = (".png", ".jpg"), seed: int = 0) -> Path:
+    """Write random RGB images as ``root/<split>/<class>/<k><ext>`` and return ``root``.
+
+    Args:
+        classes: a count (folders ``class0``, ``class1``, ...) or the folder names.
+        size: side, or (width, height), of every image.
+        ext: one extension, or several used in turn.
+    """
+    names = [f"class{i}" for i in range(classes)] if isinstance(classes, int) else list(classes)
+    width, height = (size, size) if isinstance(size, int) else size
+    exts = [ext] if isinstance(ext, str) else list(ext)
+    rng = np.random.default_rng(seed)
+    for split in splits:
+        for name in names:
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for k in range(per_class):
+                pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{k:04d}{exts[k % len(exts)]}")
+    return root
+
+
+@pytest.fixture
+def make_imagefolder(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: ``make_imagefolder("name", classes=..., size=..., ...)`` writes a tree under tmp_path."""
+
+    def make(name: str = "imagefolder", **kwargs) -> Path:
+        return write_imagefolder(tmp_path / name, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def tiny_imagefolder(tmp_path: Path) -> Path:
+    """A small 32x32 ImageFolder (train/ and test/, 3 classes, 4 PNG/JPEG images each)."""
+    return write_imagefolder(tmp_path / "tiny", classes=3, per_class=4)
