@@ -4,7 +4,9 @@ A method is a :class:`ftbc.method.Method` value registered by name
 (timm-style: ``register_method`` fills a name -> method dict, ``list_methods``
 filters with fnmatch, a duplicate name is an error). Importing this package
 imports every method module so registration runs; a method defined outside
-the package registers itself the same way (see ``docs/adding-a-baseline.md``).
+the package registers itself the same way, and the modules named in the
+environment variable ``FTBC_PLUGINS`` are imported too, so the CLI and the
+workflow see it (see ``docs/adding-a-baseline.md``).
 """
 
 from __future__ import annotations
@@ -45,5 +47,19 @@ def get_method(name: str, dataset: str | None = None) -> Method:
     return method.for_dataset(dataset) if dataset else method
 
 
+def load_plugins(spec: str | None = None) -> None:
+    """Import the modules named in ``FTBC_PLUGINS`` (comma-separated) so their methods register."""
+    import importlib
+    import os
+
+    for mod in filter(None, (m.strip() for m in (spec or os.environ.get("FTBC_PLUGINS", "")).split(","))):
+        try:
+            importlib.import_module(mod)
+        except ImportError as e:
+            raise UserError(f"FTBC_PLUGINS names {mod!r}, which cannot be imported: {e}") from None
+
+
 # Registration order is the order of the tables.
 from baselines import maxnorm, opi, snnc, qcfs, rts, ftbc  # noqa: E402,F401
+
+load_plugins()

@@ -35,11 +35,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         top.print_help()
         return 0
-    module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
-    parser = module.get_args_parser()
-    parser.prog = f"ftbc {argv[0]}"
-    args = parser.parse_args(argv[1:])
     try:
+        module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
+        parser = module.get_args_parser()
+        parser.prog = f"ftbc {argv[0]}"
+        args = parser.parse_args(argv[1:])
         return int(module.main(args) or 0)
     except UserError as e:
         print(f"ftbc {argv[0]}: error: {e}", file=sys.stderr)

@@ -16,12 +16,32 @@ from pathlib import Path
 import pandas as pd
 
 from ftbc._io import write_text
+from ftbc.calibration import STAGES
 from ftbc.errors import CheckpointError
+from ftbc.method import Method
 
 DEFAULT_METHODS = "maxnorm,opi,ftbc_relu"
-# The FTBC release runs 100 iterations x 5 batches of 128 per T on a GPU; on 2 CPU
-# cores the quickstart takes a shorter schedule (the README says which).
-QUICK_OVERRIDES = {"ftbc.iterations": 4, "ftbc.batches": 2}
+# CPU budget. The FTBC release runs 100 iterations x 5 batches of 128 per T for
+# ReLU nets on a GPU; here a calibration larger than CPU_FTBC_IMAGES images per T
+# runs 4 iterations x 2 batches instead (the RTS and QCFS release settings are
+# already smaller and run as published). SNNC's MSE threshold search runs on
+# 16,384 positions per channel and batch. Both are recorded in each result.json.
+CPU_FTBC_IMAGES = 4096
+CPU_FTBC = {"ftbc.iterations": 4, "ftbc.batches": 2}
+CPU_MSE_POSITIONS = 16384
+
+
+def cpu_budget(method: Method, ftbc_iterations: int = CPU_FTBC["ftbc.iterations"]) -> Method:
+    """``method`` with the quickstart's CPU shortcuts (see above)."""
+    changes: dict = {}
+    st = method.stage("ftbc")
+    if st is not None and st.params.get("solver", "heuristic") == "heuristic":
+        p = {**STAGES["ftbc"].defaults, **st.params}
+        if p["iterations"] * p["batches"] * p["batch_size"] > CPU_FTBC_IMAGES:
+            changes.update({**CPU_FTBC, "ftbc.iterations": ftbc_iterations})
+    if method.threshold == "mse":
+        changes["threshold_positions"] = CPU_MSE_POSITIONS
+    return method.with_overrides(changes)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -32,10 +52,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--arch", default="vgg_small")
     p.add_argument("--recipe", default="quick_cpu")
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
-    p.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated registered methods")
+    p.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated registered methods, or 'all'")
     p.add_argument("--T", default="1,2,4,8,16,32", help="time steps to report")
-    p.add_argument("--ftbc-iterations", type=int, default=QUICK_OVERRIDES["ftbc.iterations"],
-                   help="FTBC iterations (the release uses 100)")
+    p.add_argument("--ftbc-iterations", type=int, default=CPU_FTBC["ftbc.iterations"],
+                   help="FTBC iterations where the release's budget is too large for a CPU (it uses 100)")
     p.add_argument("--n-test", type=int, default=0, help="evaluate on a fixed subset of the test set")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
@@ -52,13 +72,14 @@ def pivot(accuracy: pd.DataFrame) -> pd.DataFrame:
 
 
 def main(args: argparse.Namespace) -> int:
-    from baselines import get_method
+    from baselines import get_method, list_methods
     from ftbc.evaluation import load_eval_data, method_record, parse_T, run, write_outputs
-    from ftbc.training import evaluate, load_model, train
+    from ftbc.training import evaluate, load_model, resolve_act_kwargs, train
 
     out = Path(args.out)
     Ts = parse_T(args.T)
-    methods = [get_method(m.strip(), "cifar10") for m in args.methods.split(",") if m.strip()]
+    names = list_methods() if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = [cpu_budget(get_method(m, "cifar10"), args.ftbc_iterations) for m in names]
     progress = not args.quiet
     needs = sorted({m.activation for m in methods})
     models = {}
@@ -69,7 +90,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"reusing {ckpt}")
         except CheckpointError:
             print(f"training {args.arch} ({act}) on CIFAR-10 -> {ckpt.parent}")
-            train(dataset="cifar10", data_root=args.data_root, arch=args.arch, act=act, recipe=args.recipe,
+            train(dataset="cifar10", data_root=args.data_root, arch=args.arch, act=act,
+                  act_kwargs=resolve_act_kwargs(act, "cifar10"), recipe=args.recipe,
                   seed=args.seed, out=ckpt.parent, device=args.device, epochs=args.epochs,
                   download=args.download, progress=progress)
             models[act] = load_model(ckpt, device=args.device)
@@ -78,8 +100,6 @@ def main(args: argparse.Namespace) -> int:
     frames = []
     for method in methods:
         model, meta = models[method.activation]
-        if method.stage("ftbc") is not None:
-            method = method.with_overrides({**QUICK_OVERRIDES, "ftbc.iterations": args.ftbc_iterations})
         ann_acc = evaluate(model, test_batches, args.device)
         print(f"{method.name}: converting and evaluating at T = {Ts[0]}..{Ts[-1]}")
         accuracy, activity, details = run(model=model, meta=meta, method=method, Ts=Ts, calib_data=calib,

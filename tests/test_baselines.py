@@ -223,3 +223,23 @@ def test_a_method_registered_from_outside_runs_end_to_end(tmp_path):
                                  ann_accuracy=0.0)
     assert acc["t"].tolist() == [1, 2, 3, 4] and acc["method"].eq("test_external_half_v0").all()
     assert set(activity["t"]) == {1, 2, 3, 4} and (activity["synops_per_image"] >= 0).all()
+
+
+def test_plugin_methods_reach_the_cli(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "my_method.py").write_text(
+        "from baselines import Method, register_method\n"
+        "register_method(Method(name='my_plugin_method', activation='relu', v0=0.25,\n"
+        "                       summary='a plugin'))\n")
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "FTBC_PLUGINS": "my_method", "PYTHONPATH": f"{tmp_path}{os.pathsep}{repo}"}
+    out = subprocess.run([sys.executable, "-m", "ftbc", "methods", "my_*"], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    assert "my_plugin_method" in out and "relu" in out
+    bad = subprocess.run([sys.executable, "-m", "ftbc", "methods"], capture_output=True, text=True,
+                         env={**env, "FTBC_PLUGINS": "no_such_module_xyz"})
+    assert bad.returncode == 2 and "FTBC_PLUGINS" in bad.stderr and "Traceback" not in bad.stderr

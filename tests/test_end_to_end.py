@@ -1,0 +1,62 @@
+"""End to end on the real CIFAR-10 copy: train the small network, convert, calibrate, evaluate.
+
+A few minutes on 2 CPU cores. The numbers it measures are printed (run with
+``-s``) and recorded in the README.
+"""
+
+import pytest
+
+from baselines import get_method
+from ftbc.evaluation import load_eval_data, run
+from ftbc.quickstart import cpu_budget
+from ftbc.training import evaluate, load_model, train
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 3
+N_TEST = 2000
+
+
+@pytest.fixture(scope="module")
+def trained(cifar10_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ann")
+    train(dataset="cifar10", data_root=cifar10_root, arch="vgg_small", act="relu", recipe="quick_cpu",
+          epochs=EPOCHS, seed=0, out=out, progress=False)
+    model, meta = load_model(out)
+    calib, _, test = load_eval_data("cifar10", cifar10_root, download=False, holdout=0, seed=0,
+                                    n_test=N_TEST, batch_size=250)
+    return model, meta, calib, test, evaluate(model, test, "cpu")
+
+
+def accuracy(trained, method, Ts):
+    model, meta, calib, test, ann = trained
+    acc, activity, _ = run(model=model, meta=meta, method=method, Ts=Ts, calib_data=calib, test_batches=test,
+                           ann_accuracy=ann)
+    return dict(zip(acc["t"], acc["accuracy"])), activity
+
+
+def test_ann_trains_to_a_useful_accuracy(trained):
+    ann = trained[-1]
+    print(f"\nANN (vgg_small, {EPOCHS} epochs) test accuracy on {N_TEST} images: {ann:.2f} %")
+    assert ann > 65.0
+
+
+def test_ftbc_raises_low_T_accuracy_over_the_same_network_without_it(trained):
+    ftbc = cpu_budget(get_method("ftbc_relu", "cifar10"))  # 4 iterations x 2 batches of 128
+    without = ftbc.with_overrides({"stages": ()})
+    before, _ = accuracy(trained, without, [4])
+    after, _ = accuracy(trained, ftbc, [4])
+    print(f"\nT=4: SNNC thresholds without calibration {before[4]:.2f} %, with FTBC {after[4]:.2f} % "
+          f"(ANN {trained[-1]:.2f} %)")
+    assert after[4] > before[4] + 5.0
+
+
+def test_snn_reaches_ann_accuracy_at_large_T(trained):
+    acc, activity = accuracy(trained, get_method("opi"), [64])
+    ann = trained[-1]
+    print(f"\nOPI (v0 = theta/2) from one T=64 run: " +
+          ", ".join(f"T={t}: {acc[t]:.2f}" for t in (1, 2, 4, 8, 16, 32, 64)) + f"; ANN {ann:.2f}")
+    assert acc[64] > ann - 3.0
+    assert acc[64] > acc[4]  # accuracy builds up with time
+    rates = activity.groupby("layer")["firing_rate"].mean()
+    assert ((rates > 0) & (rates < 1)).all()
