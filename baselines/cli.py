@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from baselines import get_method, list_methods
+from ftbc.calibration import STAGES
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -16,16 +17,18 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    rows = []
+    rows, details = [], []
     for name in list_methods(args.pattern):
         m = get_method(name, args.dataset)
         stages = "+".join(s.name for s in m.stages) or "-"
         rows.append((name, m.activation, m.threshold + ("/ch" if m.channelwise else ""), f"{m.v0:g}",
                      "theta/2T" if m.shift else "-", stages, "yes" if m.t_dependent else "no"))
-        if args.verbose:
-            rows.extend(("", "", "", "", "", f"  {s.name}: {dict(s.params)}", "") for s in m.stages)
+        details.extend(f"  {name}.{s.name}: {dict(STAGES[s.name].defaults, **s.params)}" for s in m.stages)
     head = ("method", "activation", "threshold", "v0/theta", "shift", "stages", "depends on T")
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     for r in [head, *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    if args.verbose and details:
+        print("\nstage settings" + (f" on {args.dataset}" if args.dataset else "") + ":")
+        print("\n".join(details))
     return 0

@@ -36,6 +36,18 @@ def if_step(x: Tensor, v: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
     return s, m - theta * s
 
 
+def if_step_(v: Tensor, x: Tensor, theta: Tensor) -> Tensor:
+    """:func:`if_step` updating ``v`` in place; returns the layer output theta * s.
+
+    The simulation's hot path: four passes over memory instead of seven and no
+    temporaries beyond the output. Bit-equal to :func:`if_step` (tested).
+    """
+    v.add_(x)
+    out = torch.where(v >= theta, theta, torch.zeros((), dtype=theta.dtype, device=theta.device))
+    v.sub_(out)
+    return out
+
+
 def channel_view(p: Tensor, ndim: int) -> Tensor:
     """Broadcast a [C] parameter over a [N, C, *spatial] tensor of ``ndim`` dims."""
     if p.dim() == 1 and ndim > 2:
@@ -90,7 +102,9 @@ class IFNeuron(nn.Module):
     # -- dynamics --------------------------------------------------------------
     def drive(self, x: Tensor, t: int) -> Tensor:
         """Input current of step ``t`` including offset and FTBC bias: x + offset + b[t]."""
-        d = x + channel_view(self.offset, x.dim())
+        d = x
+        if self.offset.dim() or self.offset.item() != 0:  # most methods have none: skip a pass
+            d = d + channel_view(self.offset, x.dim())
         if t < self.bias.shape[0]:
             d = d + channel_view(self.bias[t], x.dim())
         return d
@@ -109,12 +123,11 @@ class IFNeuron(nn.Module):
     def _single_step(self, x: Tensor) -> Tensor:
         if self.v is None:
             self.v = self.initial_membrane(x)
-        theta = self.theta(x.dim())
-        s, self.v = if_step(self.drive(x, self.t), self.v, theta)
+        out = if_step_(self.v, self.drive(x, self.t), self.theta(x.dim()).to(x.dtype))
         if self.record:
-            self._count(self.t, s.sum())
+            self._count(self.t, out.count_nonzero())
         self.t += 1
-        return s * theta
+        return out
 
     def _multi_step(self, x: Tensor) -> Tensor:
         T = self.n_steps
@@ -123,21 +136,25 @@ class IFNeuron(nn.Module):
         xs = x.view(T, x.shape[0] // T, *x.shape[1:])
         if self.calibration_hook is not None:
             self.calibration_hook(self, xs)
-        spikes = self.scan(xs)
+        out = self.run_steps(xs)
         if self.record:
-            counts = spikes.flatten(1).sum(1)
+            counts = out.flatten(1).count_nonzero(1)
             for t in range(T):
                 self._count(t, counts[t])
-        return (spikes * self.theta(xs.dim() - 1)).view_as(x)
+        return out.view_as(x)
+
+    def run_steps(self, xs: Tensor) -> Tensor:
+        """Run all steps of ``xs`` [T, N, ...] from v0; returns the outputs theta * s [T, N, ...]."""
+        theta = self.theta(xs.dim() - 1).to(xs.dtype)
+        v = self.initial_membrane(xs[0])
+        out = torch.empty_like(xs)
+        for t in range(xs.shape[0]):
+            out[t] = if_step_(v, self.drive(xs[t], t), theta)
+        return out
 
     def scan(self, xs: Tensor) -> Tensor:
-        """Run all steps of ``xs`` [T, N, ...] from v0; returns spikes [T, N, ...]."""
-        theta = self.theta(xs.dim() - 1)
-        v = self.initial_membrane(xs[0])
-        spikes = torch.empty_like(xs)
-        for t in range(xs.shape[0]):
-            spikes[t], v = if_step(self.drive(xs[t], t), v, theta)
-        return spikes
+        """Run all steps of ``xs`` [T, N, ...] from v0; returns the spikes s in {0, 1} [T, N, ...]."""
+        return (self.run_steps(xs) != 0).to(xs.dtype)
 
     def _count(self, t: int, n: Tensor) -> None:
         if self.spike_counts is None or self.spike_counts.shape[0] <= t:

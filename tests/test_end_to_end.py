@@ -6,10 +6,10 @@ A few minutes on 2 CPU cores. The numbers it measures are printed (run with
 
 import pytest
 
-from baselines import get_method
+from baselines import get_method, list_methods
 from ftbc.evaluation import load_eval_data, run
 from ftbc.quickstart import cpu_budget
-from ftbc.training import evaluate, load_model, train
+from ftbc.training import evaluate, load_model, resolve_act_kwargs, train
 
 pytestmark = pytest.mark.slow
 
@@ -17,15 +17,36 @@ EPOCHS = 3
 N_TEST = 2000
 
 
+def train_small(root, tmp_path_factory, act: str, epochs: int):
+    out = tmp_path_factory.mktemp(f"ann_{act}")
+    train(dataset="cifar10", data_root=root, arch="vgg_small", act=act, recipe="quick_cpu",
+          act_kwargs=resolve_act_kwargs(act, "cifar10"), epochs=epochs, seed=0, out=out, progress=False)
+    return load_model(out)
+
+
 @pytest.fixture(scope="module")
-def trained(cifar10_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ann")
-    train(dataset="cifar10", data_root=cifar10_root, arch="vgg_small", act="relu", recipe="quick_cpu",
-          epochs=EPOCHS, seed=0, out=out, progress=False)
-    model, meta = load_model(out)
+def data(cifar10_root):
     calib, _, test = load_eval_data("cifar10", cifar10_root, download=False, holdout=0, seed=0,
                                     n_test=N_TEST, batch_size=250)
+    return calib, test
+
+
+@pytest.fixture(scope="module")
+def trained(cifar10_root, tmp_path_factory, data):
+    model, meta = train_small(cifar10_root, tmp_path_factory, "relu", EPOCHS)
+    calib, test = data
     return model, meta, calib, test, evaluate(model, test, "cpu")
+
+
+@pytest.fixture(scope="module")
+def one_epoch_anns(cifar10_root, tmp_path_factory, data, trained):
+    """The QCFS and clipped-ReLU small nets, one epoch each (the ReLU one is ``trained``)."""
+    calib, test = data
+    anns = {"relu": trained}
+    for act in ("qcfs", "clip"):
+        model, meta = train_small(cifar10_root, tmp_path_factory, act, 1)
+        anns[act] = (model, meta, calib, test, evaluate(model, test, "cpu"))
+    return anns
 
 
 def accuracy(trained, method, Ts):
@@ -60,3 +81,14 @@ def test_snn_reaches_ann_accuracy_at_large_T(trained):
     assert acc[64] > acc[4]  # accuracy builds up with time
     rates = activity.groupby("layer")["firing_rate"].mean()
     assert ((rates > 0) & (rates < 1)).all()
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_every_registered_method_runs_on_real_cifar10(one_epoch_anns, name):
+    method = cpu_budget(get_method(name, "cifar10"))
+    anns = one_epoch_anns[method.activation]
+    acc, activity = accuracy(anns, method, [8])
+    print(f"\n{name}: T=8 {acc[8]:.2f} % (ANN {anns[-1]:.2f} %)")
+    assert set(acc) == ({8} if method.t_dependent else set(range(1, 9)))
+    assert acc[8] > 12.0  # chance is 10 %: a mis-wired conversion lands there
+    assert activity["synops_per_image"].gt(0).any()

@@ -78,3 +78,19 @@ def test_state_dict_round_trip_with_changed_shapes():
     b.load_state_dict(a.state_dict())
     for k in ("threshold", "v0", "offset", "bias"):
         assert torch.equal(getattr(a, k), getattr(b, k))
+
+
+def test_in_place_step_is_bit_equal_to_the_pure_step():
+    from ftbc.neuron import if_step_
+
+    torch.manual_seed(0)
+    theta = torch.rand(5, 1, 1) + 0.2
+    v = torch.randn(8, 5, 3, 3)
+    for _ in range(20):
+        x = torch.randn(8, 5, 3, 3)
+        s, v_pure = if_step(x, v, theta)
+        v_inplace = v.clone()
+        out = if_step_(v_inplace, x, theta)
+        assert torch.equal(out, s * theta)
+        assert torch.equal(v_inplace, v_pure)
+        v = v_pure
