@@ -1,0 +1,118 @@
+"""The workflow's grid (ftbc/grid.py) and data preparation (ftbc/prepare.py), without Snakemake."""
+
+import tarfile
+
+import pytest
+import yaml
+from PIL import Image
+
+from baselines import get_method
+from ftbc import grid
+from ftbc.errors import DataError, UserError
+from ftbc.prepare import make_subset, prepare
+
+
+def _config(**over):
+    c = {"data_root": "d", "workdir": "w", "T": [1, 2, 4],
+         "anns": [{"dataset": "cifar10", "arch": "vgg_small", "activations": ["relu", "qcfs"], "recipe": "quick_cpu",
+                   "seeds": [0, 1]}]}
+    return {**c, **over}
+
+
+def test_methods_meet_the_anns_of_their_activation_and_t_dependence_decides_the_runs():
+    c = _config(methods=["maxnorm", "snnc_light", "qcfs", "rts"])
+    jobs = grid.evaluations(c)
+    by = {}
+    for ev in jobs:
+        by.setdefault(ev.method, []).append((ev.ann.act, ev.ann.seed, ev.steps))
+    assert get_method("maxnorm", "cifar10").t_dependent is False
+    assert sorted(by["maxnorm"]) == [("relu", 0, "1-4"), ("relu", 1, "1-4")]
+    assert sorted(by["snnc_light"]) == [("relu", s, T) for s in (0, 1) for T in ("1", "2", "4")]
+    assert sorted(by["qcfs"]) == [("qcfs", 0, "1-4"), ("qcfs", 1, "1-4")]
+    assert "rts" not in by  # no clipped-ReLU ANN in this grid
+    assert len(grid.anns(c)) == 4
+
+
+def test_method_settings_reach_only_their_method():
+    c = _config(methods=["snnc_light", "ftbc_relu"], method_settings={"ftbc_relu": {"ftbc.iterations": 3}})
+    settings = {ev.method: ev.settings for ev in grid.evaluations(c)}
+    assert settings == {"snnc_light": (), "ftbc_relu": (("ftbc.iterations", 3),)}
+    with pytest.raises(UserError, match="unknown setting"):
+        grid.evaluations(_config(methods=["maxnorm"], method_settings={"maxnorm": {"nope": 1}}))
+
+
+def test_unknown_method_and_conflicting_anns_are_clear_errors():
+    with pytest.raises(UserError, match="unknown method.*registered: maxnorm"):
+        grid.evaluations(_config(methods=["maxnorm", "nosuch"]))
+    twice = _config()
+    twice["anns"] = twice["anns"] + [{**twice["anns"][0], "recipe": "other"}]
+    with pytest.raises(UserError, match="twice"):
+        grid.anns(twice)
+
+
+def test_resources_layer_defaults_top_level_and_entry():
+    c = _config(resources={"train": {"gpu": 1}})
+    c["anns"][0]["resources"] = {"train": {"runtime": 600}}
+    assert grid.resources_for(c, "train", "cifar10", "vgg_small") == {"gpu": 1, "mem_mb": 4000, "runtime": 600}
+    assert grid.resources_for(c, "evaluate", "cifar10", "vgg_small") == grid.RESOURCE_DEFAULTS
+
+
+def test_archives_and_subsets_are_read_from_the_work_folder():
+    assert grid.data_root(_config(), "cifar10") == "d"
+    assert grid.data_root(_config(data_root="x/c.tar.gz"), "cifar10") == "w/data/cifar10"
+    sub = _config(data_subset={"train_per_class": 5})
+    assert grid.data_root(sub, "cifar10") == "w/data/cifar10"
+    assert grid.subset_args(sub) == "--train-per-class 5"
+
+
+def test_validation_errors_become_one_line():
+    text = ("Error validating config file.\nValidationError: 'gelu' is not one of ['relu', 'qcfs', 'clip']\n\n"
+            "Failed validating 'enum' in schema[...]:\n    {...}\n\nOn instance['anns'][0]['activations'][1]:\n"
+            "    'gelu'")
+    assert grid.explain_validation(text) == ("invalid configuration at anns[0].activations[1]: 'gelu' is not one "
+                                             "of ['relu', 'qcfs', 'clip'] (see workflow/schemas/config.schema.yaml)")
+
+
+def _tiny_cifar(root, per_class=3):
+    from ftbc.data import CIFAR_CLASSES
+
+    for split in ("train", "test"):
+        for c, name in enumerate(CIFAR_CLASSES["cifar10"]):
+            d = root / split / name
+            d.mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (32, 32), (c * 20, i * 40, 0)).save(d / f"{i:04d}.png")
+    return root
+
+
+def test_prepare_extracts_an_archive_and_takes_a_subset(tmp_path, monkeypatch):
+    monkeypatch.setenv("FTBC_CACHE", str(tmp_path / "cache"))
+    tree = _tiny_cifar(tmp_path / "cifar10-jpeg")
+    archive = tmp_path / "cifar10-jpeg.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tree, arcname="cifar10-jpeg")
+    rec = prepare("cifar10", archive, extract_to=tmp_path / "work" / "cifar10", subset={"train": 2, "test": 1})
+    assert (rec["n_train"], rec["n_test"], rec["classes"]) == (20, 10, 10)
+    assert (tmp_path / "work" / "cifar10-full").is_dir()  # the full extraction stays for reuse
+    assert sorted(p.name for p in (tmp_path / "work" / "cifar10" / "train" / "cat").iterdir()) == \
+        ["0000.png", "0001.png"]
+    assert not [p for p in (tmp_path / "work").iterdir() if p.name.startswith(".")]  # no temporary left
+    # a finished subset is reused as it is
+    assert make_subset(tree, tmp_path / "work" / "cifar10", {"train": 3}) == tmp_path / "work" / "cifar10"
+
+
+def test_prepare_names_what_is_wrong(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        prepare("cifar10", tmp_path / "nowhere")
+    bad = tmp_path / "bad.tar.gz"
+    bad.write_bytes(b"not a tar")
+    with pytest.raises(DataError, match="could not extract"):
+        prepare("cifar10", bad, extract_to=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_shipped_configs_load_into_a_grid():
+    for name in ("config.yaml", "smoke.yaml", "paper.yaml"):
+        c = yaml.safe_load(open(f"config/{name}"))
+        c.setdefault("workdir", "runs/x")
+        assert grid.evaluations(c), name

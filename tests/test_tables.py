@@ -1,0 +1,115 @@
+"""``ftbc tables``: the long table, spikes, paper-style tables and figures from real evaluate outputs."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from _nets import tiny_vgg
+from baselines import get_method
+from ftbc import tables
+from ftbc.errors import UserError
+from ftbc.evaluation import method_record, run, write_outputs
+
+
+def _evaluate(out, method_name, seed, Ts):
+    torch.manual_seed(100 + seed)
+    model = tiny_vgg(seed=seed)
+    x = torch.randn(64, 3, 16, 16)
+    y = model(x).argmax(1)
+    y[::3] = (y[::3] + 1) % 5  # an ANN below 100 %
+    method = get_method(method_name, "cifar10").with_overrides(
+        {"threshold_batches": 2, "threshold_batch_size": 32} if method_name != "maxnorm" else {})
+    if method.threshold == "mse":
+        method = method.with_overrides({"threshold_positions": 256})
+    meta = {"dataset": "cifar10", "arch": "tiny", "act": "relu", "seed": seed, "recipe": {"name": "r"}}
+    calib = torch.randn(128, 3, 16, 16)
+    accuracy, activity, details = run(model=model, meta=meta, method=method, Ts=Ts, calib_data=calib,
+                                      test_batches=[(x[:32], y[:32]), (x[32:], y[32:])], ann_accuracy=66.0,
+                                      seed=seed)
+    d = out / f"{method_name}_s{seed}"
+    write_outputs(d, accuracy, activity, dict(config={"seed": seed, "n_test": 64}, method=method_record(method),
+                                              checkpoint=meta, ann_accuracy=66.0, **details))
+    return d
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    return [_evaluate(out, m, s, [1, 2, 4]) for m in ("maxnorm", "snnc_light") for s in (0, 1)]
+
+
+@pytest.fixture
+def published(tmp_path):
+    path = tmp_path / "published.csv"
+    pd.DataFrame([dict(source="paper X", dataset="cifar10", arch="tiny", method="maxnorm", ann_acc=70.0, T=4,
+                       acc=50.0, note="")]).to_csv(path, index=False)
+    return path
+
+
+def test_long_table_has_every_step_of_a_t_free_run_and_one_row_per_run_of_a_t_dependent_one(runs):
+    acc = tables.collect_accuracy(runs)
+    free = acc[(acc.method == "maxnorm") & (acc.seed == 0)]
+    assert free["T"].tolist() == [1, 2, 3, 4] and (free["T_run"] == 4).all()
+    dep = acc[(acc.method == "snnc_light") & (acc.seed == 0)]
+    assert dep["T"].tolist() == [1, 2, 4] and (dep["T"] == dep["T_run"]).all()
+    written = pd.read_csv(runs[0] / "accuracy.csv")
+    assert free["accuracy"].tolist() == written["accuracy"].tolist()
+    assert (acc["calibrate_s"] > 0).all() and acc["recipe"].eq("r").all()
+
+
+def test_spikes_at_T_count_every_step_up_to_T(runs):
+    spikes = tables.collect_spikes(runs[:1])
+    act = pd.read_csv(runs[0] / "activity.csv")
+    layer = act["layer"].iloc[0]
+    per_step = act[act.layer == layer].sort_values("t")["synops_per_image"].tolist()
+    got = spikes[spikes.layer == layer].set_index("T")["synops_per_image"]
+    assert got[1] == pytest.approx(per_step[0])
+    assert got[4] == pytest.approx(sum(per_step[:4]))
+    assert got[2] == pytest.approx(sum(per_step[:2]))
+
+
+def test_paper_table_shows_mean_std_over_seeds_and_the_published_figure(runs, published):
+    acc = tables.collect_accuracy(runs)
+    summary = tables.summarize(acc, tables.load_published(published), tables.collect_spikes(runs), [1, 2, 4])
+    table = tables.paper_table(summary, "cifar10")
+    at4 = acc[(acc.method == "maxnorm") & (acc["T"] == 4)]["accuracy"]
+    mean, std = at4.mean(), at4.std()
+    cell = table.loc[("tiny", "maxnorm"), "T=4"]
+    diff = mean - 50.0
+    assert cell == f"{mean:.2f} ± {std:.2f} / 50.00 ({'−' if diff < 0 else '+'}{abs(diff):.2f})"
+    assert "/" not in table.loc[("tiny", "snnc_light"), "T=4"]  # no published figure: none borrowed
+    assert table.loc[("tiny", "maxnorm"), "ANN"].startswith("66.00 ± 0.00 / 70.00")
+    latex = tables.to_latex(tables.paper_table(summary, "cifar10", latex=True), "cap")
+    assert r"\toprule" in latex and r"$\pm$" in latex and "snnc\\_light" in latex
+
+
+def test_cli_writes_tables_and_figures(runs, published, tmp_path):
+    out = tmp_path / "tables"
+    args = tables.get_args_parser().parse_args([*map(str, runs), "--published", str(published), "--T", "1,2,4",
+                                                "--out", str(out)])
+    assert tables.main(args) == 0
+    for name in ("accuracy.csv", "spikes.csv", "summary.csv", "cifar10.md", "cifar10.tex", "run.yaml"):
+        assert (out / name).stat().st_size > 0
+    for png in ("cifar10_tiny_accuracy.png", "ftbc_iterations.png"):
+        assert (out / "figures" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_results_from_another_format_are_refused(runs, tmp_path):
+    bad = tmp_path / "old"
+    bad.mkdir()
+    res = json.loads((runs[0] / "result.json").read_text())
+    (bad / "result.json").write_text(json.dumps({**res, "format": 0}))
+    with pytest.raises(UserError, match="result format 0"):
+        tables.collect_accuracy([bad])
+    with pytest.raises(UserError, match="does not exist"):
+        tables.collect_accuracy([tmp_path / "missing"])
+
+
+def test_published_arch_names_map_onto_the_suite_models():
+    acc = pd.DataFrame([dict(dataset="cifar10", arch="resnet20_rts", method="rts", T=32)])
+    pub = pd.DataFrame([dict(source="s", dataset="cifar10", arch="resnet18_alt", method="rts", ann_acc=1.0, T=32,
+                             acc=2.0)])
+    m = tables.match_published(acc, pub)
+    assert m[["arch", "published", "published_source"]].values.tolist() == [["resnet20_rts", 2.0, "s"]]

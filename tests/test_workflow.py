@@ -1,0 +1,61 @@
+"""The Snakemake workflow: lint, the job grid of each shipped configuration, configuration errors."""
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(shutil.which("snakemake") is None, reason="snakemake is not installed")
+
+
+def snakemake(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    stats = output.split("Job stats:")[1]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.M)}
+
+
+def test_lint_reports_nothing():
+    r = snakemake("--lint")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Congratulations" in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("configfile, expected", [
+    # 3 data sets; 7 CIFAR ANNs x 3 seeds x 2 data sets + 5 ImageNet ANNs (VGG-16 with ReLU and QCFS);
+    # evaluations: per ReLU ANN 2 T-free methods (maxnorm, opi) + 4 T-dependent x 9 T = 38, per QCFS
+    # ANN 3 T-free = 3, per clipped-ReLU ANN 3 T-dependent x 9 = 27:
+    # CIFAR (2 x 3 x 38 + 3 x 3 x 3 + 2 x 3 x 27) x 2 = 834, ImageNet 38 x 2 + 3 x 2 + 27 = 109.
+    ("config/paper.yaml", {"prepare_data": 3, "train_ann": 47, "evaluate_snn": 943, "tables": 1, "all": 1}),
+    # the quick grid: one data set, 3 ANNs, T = 1,2,4,8,16,32: 2 + 4 x 6 + 3 + 3 x 6 = 47
+    ("config/config.yaml", {"prepare_data": 1, "train_ann": 3, "evaluate_snn": 47, "tables": 1, "all": 1}),
+    # the smoke grid has the same shape with T = 1,2,4: 2 + 4 x 3 + 3 + 3 x 3 = 26
+    ("config/smoke.yaml", {"prepare_data": 1, "train_ann": 3, "evaluate_snn": 26, "tables": 1, "all": 1}),
+])
+def test_dry_run_job_counts(configfile, expected, tmp_path):
+    r = snakemake("-n", "--configfile", configfile, "--config", f"workdir={tmp_path}/w",
+                  f"results={tmp_path}/t")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert job_counts(r.stdout) == {**expected, "total": sum(expected.values())}
+    if "paper" in configfile:  # GPUs on every heavy rule: 8 for ImageNet training, 1 elsewhere
+        assert re.search(r"rule train_ann:(?:\n    .*)*\n    resources: .*gpu=8", r.stdout)
+        assert re.search(r"rule evaluate_snn:(?:\n    .*)*\n    resources: .*gpu=1", r.stdout)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("bogus=1", "invalid configuration: Additional properties are not allowed ('bogus' was unexpected)"),
+    ("device=tpu", "invalid configuration at device: 'tpu' is not one of ['cpu', 'cuda']"),
+    ("methods=[nosuch]", "unknown method(s) nosuch in the configuration; registered: maxnorm"),
+])
+def test_a_bad_configuration_fails_before_any_job_with_one_clear_line(override, message, tmp_path):
+    r = snakemake("-n", "--config", override, f"workdir={tmp_path}/w")
+    assert r.returncode != 0
+    assert message in r.stdout + r.stderr
+    assert not (tmp_path / "w").exists()

@@ -1,0 +1,81 @@
+# Configuration check, wildcard constraints and input functions. The grid logic
+# itself lives in ftbc/grid.py (tested on its own).
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from ftbc import grid
+from ftbc.plots import figure_name
+
+
+try:
+    validate(config, "../schemas/config.schema.yaml", set_default=True)
+except WorkflowError as e:
+    raise WorkflowError(grid.explain_validation(str(e))) from None
+
+WORK = config["workdir"]
+RESULTS = config["results"]
+ANNS = grid.anns(config)
+EVALUATIONS = grid.evaluations(config)
+ANN_INDEX = {a.key: a for a in ANNS}
+EVAL_INDEX = {grid.evaluation_key(ev): ev for ev in EVALUATIONS}
+
+
+wildcard_constraints:
+    dataset="cifar10|cifar100|imagenet",
+    act="relu|qcfs|clip",
+    seed=r"\d+",
+    steps=r"\d+(-\d+)?",
+    arch=r"[A-Za-z0-9_]+",
+    method=r"[A-Za-z0-9_]+",
+
+
+def get_final_output():
+    return get_tables()
+
+
+def get_tables():
+    out = [f"{RESULTS}/{name}" for name in ("accuracy.csv", "spikes.csv", "summary.csv")]
+    for d in grid.datasets(config):
+        out += [f"{RESULTS}/{d}.md", f"{RESULTS}/{d}.tex"]
+    out += [f"{RESULTS}/figures/{figure_name(d, a)}" for d, a in grid.figure_keys(config)]
+    return out + [f"{RESULTS}/figures/ftbc_iterations.png"]
+
+
+def get_evaluation_results(wildcards=None):
+    return [f"{grid.eval_dir(config, ev)}/result.json" for ev in EVALUATIONS]
+
+
+def get_ann(wildcards):
+    key = (wildcards.dataset, wildcards.arch, wildcards.act, int(wildcards.seed))
+    if key not in ANN_INDEX:
+        raise WorkflowError(f"no ANN {'/'.join(map(str, key))} in the configured grid")
+    return ANN_INDEX[key]
+
+
+def get_evaluation(wildcards):
+    key = (wildcards.dataset, wildcards.arch, int(wildcards.seed), wildcards.method, wildcards.steps)
+    if key not in EVAL_INDEX:
+        raise WorkflowError(f"no evaluation {'/'.join(map(str, key))} in the configured grid")
+    return EVAL_INDEX[key]
+
+
+def get_checkpoint(wildcards):
+    ev = get_evaluation(wildcards)
+    return f"{grid.ann_dir(config, ev.ann)}/model.safetensors"
+
+
+def get_method_args(wildcards):
+    ev = get_evaluation(wildcards)
+    args = [f"--set {k}={v}" for k, v in ev.settings]
+    ho = config["evaluation"]
+    if ho["holdout"] and ev.method in ho["holdout_methods"]:
+        args.append(f"--holdout {ho['holdout']}")
+    return " ".join(args)
+
+
+def get_resources(rule_name):
+    def pick(key):
+        def f(wildcards):
+            return grid.resources_for(config, rule_name, wildcards.dataset, wildcards.arch)[key]
+        return f
+    return {k: pick(k) for k in grid.RESOURCE_DEFAULTS}

@@ -1,0 +1,34 @@
+rule evaluate_snn:
+    """Convert one ANN with one method, calibrate, and measure the accuracy at every step.
+
+    steps is '1-T' for a method whose constants do not depend on T (one run, every t
+    reported) and 'T' for one that does (one job per T), as the method registry says.
+    """
+    input:
+        data=f"{WORK}/data/{{dataset}}.json",
+        checkpoint=get_checkpoint,
+    output:
+        result=f"{WORK}/snn/{{dataset}}/{{arch}}/seed{{seed}}/{{method}}/T{{steps}}/result.json",
+        accuracy=f"{WORK}/snn/{{dataset}}/{{arch}}/seed{{seed}}/{{method}}/T{{steps}}/accuracy.csv",
+        activity=f"{WORK}/snn/{{dataset}}/{{arch}}/seed{{seed}}/{{method}}/T{{steps}}/activity.csv",
+    params:
+        root=lambda wc: grid.data_root(config, wc.dataset),
+        method_args=get_method_args,
+        n_test=config["evaluation"]["n_test"],
+        batch_size=config["evaluation"]["batch_size"],
+        device=lambda wc: get_evaluation(wc).ann.device,
+        out=lambda wc, output: os.path.dirname(output.result),
+    threads: config["threads"]["evaluate"]
+    resources:
+        **get_resources("evaluate"),
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/evaluate_snn/{dataset}/{arch}/seed{seed}/{method}/T{steps}.log",
+    benchmark:
+        f"{WORK}/benchmarks/evaluate_snn/{{dataset}}/{{arch}}/seed{{seed}}/{{method}}/T{{steps}}.tsv"
+    shell:
+        "OMP_NUM_THREADS={threads} ftbc evaluate --checkpoint {input.checkpoint} --method {wildcards.method} "
+        "--T {wildcards.steps} --data-root {params.root:q} --seed {wildcards.seed} {params.method_args} "
+        "--n-test {params.n_test} --batch-size {params.batch_size} --device {params.device} "
+        "--out {params.out} --quiet > {log} 2>&1"

@@ -1,0 +1,31 @@
+rule tables:
+    """The long table, paper-style tables (Markdown, LaTeX) and figures, from every evaluation."""
+    input:
+        runs=get_evaluation_results,
+        published=config["published"],
+    output:
+        accuracy=report(f"{RESULTS}/accuracy.csv", category="Tables", caption="../report/accuracy.rst"),
+        spikes=report(f"{RESULTS}/spikes.csv", category="Tables", caption="../report/spikes.rst"),
+        summary=f"{RESULTS}/summary.csv",
+        markdown=[f"{RESULTS}/{d}.md" for d in grid.datasets(config)],
+        latex=[f"{RESULTS}/{d}.tex" for d in grid.datasets(config)],
+        figures=report(
+            [f"{RESULTS}/figures/{figure_name(d, a)}" for d, a in grid.figure_keys(config)],
+            category="Accuracy against T",
+            caption="../report/accuracy_vs_T.rst",
+        ),
+        iterations=report(
+            f"{RESULTS}/figures/ftbc_iterations.png",
+            category="FTBC calibration",
+            caption="../report/iterations.rst",
+        ),
+    params:
+        T=",".join(str(t) for t in sorted(config["T"])),
+        out=lambda wc, output: os.path.dirname(output.accuracy),
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/tables.log",
+    shell:
+        "ftbc tables {input.runs} --published {input.published} --T {params.T} --out {params.out} "
+        "> {log} 2>&1"

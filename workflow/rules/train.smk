@@ -1,0 +1,27 @@
+rule train_ann:
+    """Train one ANN (dataset, arch, activation, seed) from its recipe."""
+    input:
+        f"{WORK}/data/{{dataset}}.json",
+    output:
+        weights=f"{WORK}/ann/{{dataset}}/{{arch}}/{{act}}/seed{{seed}}/model.safetensors",
+        meta=f"{WORK}/ann/{{dataset}}/{{arch}}/{{act}}/seed{{seed}}/model.json",
+    params:
+        root=lambda wc: grid.data_root(config, wc.dataset),
+        recipe=lambda wc: get_ann(wc).recipe,
+        epochs=lambda wc: f"--epochs {get_ann(wc).epochs}" if get_ann(wc).epochs else "",
+        device=lambda wc: get_ann(wc).device,
+        act_args=lambda wc: get_ann(wc).act_args,
+        out=lambda wc, output: os.path.dirname(output.weights),
+    threads: config["threads"]["train"]
+    resources:
+        **get_resources("train"),
+    conda:
+        "../../environment.yml"
+    log:
+        "logs/train_ann/{dataset}/{arch}/{act}/seed{seed}.log",
+    benchmark:
+        f"{WORK}/benchmarks/train_ann/{{dataset}}/{{arch}}/{{act}}/seed{{seed}}.tsv"
+    shell:
+        "OMP_NUM_THREADS={threads} ftbc train --dataset {wildcards.dataset} --data-root {params.root:q} "
+        "--arch {wildcards.arch} --act {wildcards.act} {params.act_args} --recipe {params.recipe} {params.epochs} "
+        "--seed {wildcards.seed} --device {params.device} --out {params.out} --quiet > {log} 2>&1"
