@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import Callable, NoReturn
 
 from ftbc.errors import UserError
 
@@ -19,7 +20,19 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("ftbc.evaluation", "convert, calibrate and evaluate an SNN at every time step"),
     "quickstart": ("ftbc.quickstart", "train the small network on CIFAR-10, convert, calibrate, print the per-T table"),
     "methods": ("baselines.cli", "list the registered conversion methods"),
+    "bench": ("ftbc.bench", "time SNN evaluation and an FTBC pass against T ANN passes, the releases and SpikingJelly"),
+    "prepare-data": ("ftbc.prepare", "check a dataset (extracting an archive if given one) and cache it"),
+    "tables": ("ftbc.tables", "aggregate evaluation outputs into the long table, paper tables and figures"),
 }
+
+
+def _usage_error(prog: str) -> Callable[[str], NoReturn]:
+    """An ``ArgumentParser.error`` that raises :class:`UserError`: one line, no usage block, status 2."""
+
+    def error(message: str) -> NoReturn:
+        raise UserError(f"{message} (see {prog} --help)")
+
+    return error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +43,6 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_parser(name, help=help_, add_help=False)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
         if argv and argv[0] not in ("-h", "--help"):
-            top.print_usage(sys.stderr)
             print(f"ftbc: error: unknown command {argv[0]!r} (choose from {', '.join(SUBCOMMANDS)})", file=sys.stderr)
             return 2
         top.print_help()
@@ -39,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
         parser = module.get_args_parser()
         parser.prog = f"ftbc {argv[0]}"
+        parser.error = _usage_error(parser.prog)  # type: ignore[method-assign]
         args = parser.parse_args(argv[1:])
         return int(module.main(args) or 0)
     except UserError as e:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder
 from torchvision.transforms import v2
@@ -73,7 +74,7 @@ CIFAR_CLASSES: dict[str, tuple[str, ...]] = {
 # The files torchvision's ImageFolder accepts; PIL decodes all of them.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 SPLIT_FOLDERS = {"train": ("train",), "test": ("test", "val")}
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: safetensors (1 was torch.save)
 _LAYOUT = "expected an ImageFolder tree root/train/<class>/*.jpg and root/test/ (or val/)"
 _HOW_TO_GET = {
     "cifar10": "for CIFAR-10 offline: tar xzf cifar10-jpeg.tar.gz and pass the extracted folder, or pass --download",
@@ -262,7 +263,7 @@ def _load_cifar_folder(info: DatasetInfo, split_dir: Path, transform: Callable |
         raise DataError(f"{split_dir}: class folder {bad!r} is not a {info.name} class name; label i is "
                         f"folder i, so the folders must be the CIFAR names ({', '.join(expected[:3])}, ...)")
     paths, labels, key = _list_images(split_dir, classes)
-    cache_file = _cache_dir() / f"{info.name}-{split_dir.name}-{key[:20]}.pt"
+    cache_file = _cache_dir() / f"{info.name}-{split_dir.name}-{key[:20]}.safetensors"
     cached = _read_cache(cache_file, len(paths), info.image_size)
     if cached is not None:
         return TensorImageDataset(cached[0], cached[1], expected, transform)
@@ -270,7 +271,7 @@ def _load_cifar_folder(info: DatasetInfo, split_dir: Path, transform: Callable |
     labels_t = torch.tensor(labels, dtype=torch.int64)
     try:
         with atomic_write(cache_file) as tmp:
-            torch.save({"images": images, "labels": labels_t}, tmp)
+            save_file({"images": images.contiguous(), "labels": labels_t.contiguous()}, str(tmp))
     except OSError as e:
         warnings.warn(f"could not write data cache {cache_file} ({e}); set FTBC_CACHE to a writable folder")
     return TensorImageDataset(images, labels_t, expected, transform)
@@ -303,7 +304,7 @@ def _read_cache(path: Path, n: int, size: int) -> tuple[torch.Tensor, torch.Tens
     if not path.is_file():
         return None
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = load_file(str(path))
         images, labels = data["images"], data["labels"]
     except Exception as e:  # truncated or foreign file: decode again and overwrite it
         warnings.warn(f"ignoring unreadable data cache {path}: {_one_line(e)}")

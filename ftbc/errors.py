@@ -11,3 +11,7 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint is missing, corrupted or does not fit the request."""
+
+
+class TrainingError(UserError):
+    """A training run cannot go on (bad settings, or the loss diverged)."""

@@ -145,8 +145,11 @@ def run(
     acc_rows, act_frames, details = [], [], {"runs": []}
     for T in runs:
         t0 = time.perf_counter()
-        conv = convert(model, method, data=calib_data, T=T, seed=seed, device=device, holdout=holdout,
-                       progress=progress)
+        try:
+            conv = convert(model, method, data=calib_data, T=T, seed=seed, device=device, holdout=holdout,
+                           progress=progress)
+        except ValueError as e:  # a setting out of range (ftbc.alpha=-1, ...), found where it is used
+            raise UserError(f"method {method.name}: {' '.join(str(e).split())}") from None
         t1 = time.perf_counter()
         acc, activity = evaluate_snn(conv.snn, test_batches, T, device=device, mode=mode, progress=progress)
         sim_s = time.perf_counter() - t1

@@ -111,4 +111,18 @@ class Method:
         stages = tuple(
             Stage(s.name, {**s.params, **stage_params.get(s.name, {})}) for s in top.pop("stages", self.stages)
         )
+        for s in stages:
+            if s.name in stage_params:
+                _check_stage_params(self.name, s)
         return dataclasses.replace(self, **top, stages=stages)
+
+
+def _check_stage_params(method: str, stage: Stage) -> None:
+    """Raise ValueError for a parameter the registered stage does not take (unregistered stages pass)."""
+    from ftbc.calibration import STAGES
+
+    spec = STAGES.get(stage.name)
+    unknown = sorted(set(stage.params) - set(spec.defaults)) if spec is not None else []
+    if unknown:
+        raise ValueError(f"method {method}: stage {stage.name!r} has no setting(s) {', '.join(unknown)}; "
+                         f"it takes {', '.join(sorted(spec.defaults))}")

@@ -1,34 +1,32 @@
 """Train an ANN (ReLU, QCFS or clipped ReLU) from a recipe; evaluate; reload.
 
 Plain functions in the style of torchvision's ``references/classification``:
-:func:`train_one_epoch`, :func:`evaluate`, :func:`train`, then the CLI's
-:func:`get_args_parser` and :func:`main`. Recipes (optimiser, schedule,
-augmentation) are data in ``ftbc/recipes/*.yaml``; see :mod:`ftbc.recipes`.
+:func:`train_one_epoch`, :func:`evaluate`, :func:`fit`, :func:`train`, then
+the CLI's :func:`get_args_parser` and :func:`main`. Recipes (optimiser,
+schedule, augmentation) are data in ``ftbc/recipes/*.yaml``
+(:mod:`ftbc.recipes`); the batches come from :mod:`ftbc.loaders`.
 
 Outputs of one run in ``out/``:
 
 - ``model.safetensors`` + ``model.json``: the weights and their metadata (the
   resolved configuration, per-epoch metrics, test / holdout accuracy, the
   learned QCFS lambdas or the clip levels, versions, git commit, sha256);
-- ``run.yaml``: the resolved arguments, enough to rerun the same training.
+- ``run.yaml``: the resolved arguments, enough to rerun the same training;
+- while the run is going: ``last.json`` + ``last-epochNNNN.safetensors``,
+  the state after the latest epoch (:mod:`ftbc.resume`). The same command
+  started again continues from it; they are removed when the run finishes.
 
-Batched pipeline: for an in-memory uint8 dataset (CIFAR) whose recipe asks
-for crop + flip only, batches are cut from one uint8 tensor (on the training
-device) and augmented batched (:func:`random_crop_flip`). Measured on one CPU
-thread: 3 ms per batch of 128 against 13 ms for per-sample ``transforms.v2``
-in a DataLoader, and about 240 ms for a vgg_small training step; on a GPU the
-per-sample path would be the bottleneck (a vgg_small epoch takes 1.7 s on an
-H200). Recipes with AutoAugment or Cutout use the data module's per-sample
-transforms in a DataLoader (``--workers``).
+Speed on a GPU: bf16 autocast (``amp``, on by default on CUDA), channels-last
+weights and inputs, cuDNN autotuning, and for CIFAR the training set held on
+the GPU with crop / flip / Cutout done there (:mod:`ftbc.batches`). Several
+GPUs or hosts: ``torchrun`` (:mod:`ftbc.distributed`).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import functools
-import math
 import os
 import subprocess
 import sys
@@ -38,17 +36,21 @@ from typing import Any, Iterable, Iterator
 
 import timm
 import torch
-import torch.nn.functional as F
 import yaml
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
-from torch import Tensor, nn
+from torch import nn
 from tqdm import tqdm
 
 from ftbc import data as ftbc_data
+from ftbc import distributed as ftbc_dist
 from ftbc import models as ftbc_models
+from ftbc import resume as ftbc_resume
 from ftbc._io import load_checkpoint, save_checkpoint, write_text
-from ftbc.errors import CheckpointError, UserError
+from ftbc.batches import TensorBatches, in_memory_uint8, random_crop_flip  # noqa: F401  (public here before)
+from ftbc.distributed import DistEnv
+from ftbc.errors import CheckpointError, TrainingError
+from ftbc.loaders import EVAL_BATCH_SIZE, build_loaders  # noqa: F401  (public here before)
 from ftbc.recipes import load_recipe, validate_recipe
 
 ACTS = ("relu", "qcfs", "clip")
@@ -56,177 +58,7 @@ ACTS = ("relu", "qcfs", "clip")
 DEFAULT_Y_TH = {"cifar10": 1.0, "cifar100": 2.0, "imagenet": 3.0}
 DEFAULT_L = 4  # QCFS on CIFAR (METHODS.md section 3); ImageNet uses 8 or 16
 DEFAULT_INIT_LAMBDA = 8.0
-EVAL_BATCH_SIZE = 500
 CHECKPOINT_NAME = "model.safetensors"
-
-
-class TrainingError(UserError):
-    """A training run cannot go on (bad settings, or the loss diverged)."""
-
-
-# ---------------------------------------------------------------- batching
-
-
-def random_crop_flip(images: Tensor, *, padding: int = 4, flip: bool = True,
-                     generator: torch.Generator | None = None) -> Tensor:
-    """Random crop with zero padding and random horizontal flip, per image, batched.
-
-    The same distribution as torchvision's ``RandomCrop(H, padding)`` then
-    ``RandomHorizontalFlip(0.5)``: offsets uniform in [0, 2 * padding] on each
-    axis, flip with probability 1/2. Random numbers are drawn on the CPU from
-    ``generator`` (offsets y, offsets x, flips), so a seed gives the same
-    batch on every device.
-
-    Args:
-        images: ``[N, C, H, W]``, any dtype (uint8 in the trainer).
-        padding: zero padding on each side before the crop; 0 for no crop.
-        flip: whether to flip a random half of the images left-right.
-        generator: the source of randomness (the training generator).
-
-    Returns:
-        ``[N, C, H, W]``, same dtype and device as ``images``.
-    """
-    if images.dim() != 4:
-        raise ValueError(f"random_crop_flip expects [N, C, H, W], got shape {tuple(images.shape)}")
-    n, c, h, w = images.shape
-    off_y = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-    off_x = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-    rows = off_y[:, None] + torch.arange(h)                       # [N, H]
-    cols = off_x[:, None] + torch.arange(w)                       # [N, W]
-    if flip:
-        flipped = torch.rand(n, generator=generator) < 0.5
-        cols = torch.where(flipped[:, None], cols.flip(1), cols)
-    dev = images.device
-    padded = F.pad(images, (padding,) * 4) if padding else images
-    return padded[torch.arange(n, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None],
-                  rows.to(dev)[:, None, :, None], cols.to(dev)[:, None, None, :]]
-
-
-class TensorBatches:
-    """Batches of normalised float images cut from in-memory uint8 tensors.
-
-    A minimal stand-in for a DataLoader over ``(images, labels)`` (yields
-    ``(x [B, C, H, W] float32, y [B] int64)`` on ``device``); shuffling and
-    crop/flip draw from ``generator``, so iteration is reproducible.
-    """
-
-    def __init__(self, images: Tensor, labels: Tensor, *, batch_size: int, mean, std, device="cpu",
-                 shuffle: bool = False, crop_padding: int = 0, flip: bool = False,
-                 generator: torch.Generator | None = None) -> None:
-        self.device = torch.device(device)
-        self.images = images.to(self.device)
-        self.labels = labels.to(self.device, torch.int64)
-        self.batch_size, self.shuffle = batch_size, shuffle
-        self.crop_padding, self.flip, self.generator = crop_padding, flip, generator
-        self.mean = torch.as_tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        self.std = torch.as_tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.labels) / self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        n = len(self.labels)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        for start in range(0, n, self.batch_size):
-            idx = order[start:start + self.batch_size].to(self.device)
-            x = self.images[idx]
-            if self.crop_padding or self.flip:
-                x = random_crop_flip(x, padding=self.crop_padding, flip=self.flip, generator=self.generator)
-            yield (x.float().div_(255.0) - self.mean) / self.std, self.labels[idx]
-
-
-def in_memory_uint8(dataset) -> tuple[Tensor, Tensor] | None:
-    """``(images [N, C, H, W] uint8, labels [N] int64)`` of an untransformed dataset, or None.
-
-    None when the samples are not uint8 tensors (an ImageFolder of files, say),
-    in which case the caller falls back to per-sample transforms.
-    """
-    if len(dataset) == 0:
-        return None
-    x0, _ = dataset[0]
-    if not (isinstance(x0, Tensor) and x0.dtype == torch.uint8 and x0.dim() == 3):
-        return None
-    images = getattr(dataset, "images", None)
-    labels = getattr(dataset, "targets", getattr(dataset, "labels", None))
-    if isinstance(images, Tensor) and images.shape[1:] == x0.shape and labels is not None:
-        return images, torch.as_tensor(labels, dtype=torch.int64)
-    xs, ys = zip(*(dataset[i] for i in range(len(dataset))))
-    return torch.stack(xs), torch.as_tensor(ys, dtype=torch.int64)
-
-
-def build_loaders(dataset: str, data_root, recipe: dict, *, seed: int, holdout: int = 0, holdout_seed: int = 0,
-                  num_workers: int = 0, download: bool = False, device="cpu") -> dict[str, Any]:
-    """Training, test and (if ``holdout``) holdout batches for a recipe.
-
-    Returns a dict with ``train``, ``test``, ``holdout`` (None without one),
-    ``info`` (the DatasetInfo), ``pipeline`` ('batched' or 'per-sample') and
-    ``n_train``. The holdout is ``holdout`` training images (chosen by
-    ``holdout_split(seed=holdout_seed)``) that are left out of training and
-    evaluated without augmentation.
-    """
-    info = ftbc_data.dataset_info(dataset)
-    aug = recipe["augmentation"]
-    g = torch.Generator().manual_seed(seed)
-    raw_train = ftbc_data.load_split(dataset, data_root, "train", download=download)
-    raw_test = ftbc_data.load_split(dataset, data_root, "test", download=download)
-    train_idx = holdout_idx = None
-    if holdout:
-        if not 0 < holdout < len(raw_train):
-            raise TrainingError(f"--holdout must be between 1 and {len(raw_train) - 1}, got {holdout}")
-        train_idx, holdout_idx = (torch.as_tensor(i, dtype=torch.int64)
-                                  for i in ftbc_data.holdout_split(len(raw_train), holdout, seed=holdout_seed))
-    tensors = None if aug["autoaugment"] or aug["cutout"] else in_memory_uint8(raw_train)
-    test_tensors = in_memory_uint8(raw_test) if tensors is not None else None
-    if tensors is not None and test_tensors is not None:
-        xs, ys = tensors
-        common = dict(mean=info.mean, std=info.std, device=device)
-        pad = 4 if aug["crop"] else 0
-        tr = slice(None) if train_idx is None else train_idx
-        loaders = dict(
-            train=TensorBatches(xs[tr], ys[tr], batch_size=recipe["batch_size"], shuffle=True, crop_padding=pad,
-                                flip=aug["flip"], generator=g, **common),
-            test=TensorBatches(*test_tensors, batch_size=EVAL_BATCH_SIZE, **common),
-            holdout=None if holdout_idx is None else TensorBatches(
-                xs[holdout_idx], ys[holdout_idx], batch_size=EVAL_BATCH_SIZE, **common),
-            pipeline="batched", n_train=len(ys[tr]))
-    else:
-        loaders = _per_sample_loaders(dataset, raw_train, raw_test, recipe, seed=seed, train_idx=train_idx,
-                                      holdout_idx=holdout_idx, num_workers=num_workers)
-    loaders["info"] = info
-    return loaders
-
-
-def _with_transform(ds, transform):
-    """A shallow copy of a loaded dataset with another per-sample ``transform`` (no second scan or decode)."""
-    if not hasattr(ds, "transform"):
-        raise TrainingError(f"cannot set a transform on a {type(ds).__name__} dataset")
-    ds = copy.copy(ds)
-    ds.transform = transform
-    return ds
-
-
-def _per_sample_loaders(dataset, raw_train, raw_test, recipe, *, seed, train_idx, holdout_idx,
-                        num_workers) -> dict[str, Any]:
-    """DataLoaders with the data module's per-sample transforms (AutoAugment, Cutout, ImageNet)."""
-    from torch.utils.data import Subset
-
-    aug = recipe["augmentation"]
-    if not (aug["crop"] and aug["flip"]):
-        raise TrainingError("recipes without crop or flip are supported only for in-memory datasets "
-                            "without AutoAugment / Cutout")
-    t_train = ftbc_data.build_transform(dataset, train=True, autoaugment=aug["autoaugment"], cutout=aug["cutout"])
-    t_eval = ftbc_data.build_transform(dataset, train=False)
-    train_ds, test_ds = _with_transform(raw_train, t_train), _with_transform(raw_test, t_eval)
-    holdout_loader = None
-    if holdout_idx is not None:
-        train_ds = Subset(train_ds, train_idx.tolist())
-        hold_ds = Subset(_with_transform(raw_train, t_eval), holdout_idx.tolist())
-        holdout_loader = ftbc_data.make_loader(hold_ds, EVAL_BATCH_SIZE, shuffle=False, num_workers=num_workers)
-    return dict(
-        train=ftbc_data.make_loader(train_ds, recipe["batch_size"], shuffle=True, seed=seed,
-                                    num_workers=num_workers),
-        test=ftbc_data.make_loader(test_ds, EVAL_BATCH_SIZE, shuffle=False, num_workers=num_workers),
-        holdout=holdout_loader, pipeline="per-sample", n_train=len(train_ds))
 
 
 # ---------------------------------------------------------------- optimisation
@@ -270,29 +102,71 @@ def _bar(loader, desc: str, progress: bool):
     return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not (progress and sys.stderr.isatty()))
 
 
+_NO_STEP = 2**62  # "no non-finite loss yet"
+
+
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
-                    loader: Iterable, device, *, desc: str = "train", progress: bool = True) -> dict[str, float]:
-    """One pass over ``loader`` with SGD steps; returns ``{'loss': mean, 'acc': top-1 %}`` on the training batches."""
+                    loader: Iterable, device, *, desc: str = "train", progress: bool = True, amp: bool = False,
+                    epoch: int = 1, env: DistEnv = DistEnv(), check_every: int | None = None) -> dict[str, float]:
+    """One pass over ``loader`` with SGD steps; returns ``{'loss': mean, 'acc': top-1 %}`` on the training batches.
+
+    ``amp``: bf16 autocast for the forward pass and the loss (the weights and
+    the optimiser stay float32; bf16 needs no loss scaling). A non-finite loss
+    raises :class:`TrainingError` naming ``epoch`` and the step (1-based).
+    The test waits for the device only every ``check_every`` steps (default:
+    every step on CPU, where it is free, so no update is made with a bad loss;
+    every 50 on a GPU); steps in between are tracked on the device and the
+    first bad one is reported. Under ``torchrun`` the ranks test together and
+    the metrics are summed over them.
+    """
     model.train()
     device = torch.device(device)
+    check_every = check_every or (1 if device.type == "cpu" else 50)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    seen = 0
+    seen = torch.zeros((), dtype=torch.int64, device=device)
+    first_bad = torch.full((), _NO_STEP, dtype=torch.int64, device=device)
+    bad_loss = torch.zeros((), dtype=torch.float32, device=device)
+    n_steps = len(loader) if hasattr(loader, "__len__") else None
     bar = _bar(loader, desc, progress)
     for step, (x, y) in enumerate(bar):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        out = model(x)
-        loss = criterion(out, y)
+        fmt = torch.channels_last if x.dim() == 4 else torch.preserve_format  # the weights' layout
+        x, y = x.to(device, non_blocking=True, memory_format=fmt), y.to(device, non_blocking=True)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+            out = model(x)
+            loss = criterion(out, y)
+        new_bad = ~torch.isfinite(loss.detach()) & (first_bad == _NO_STEP)
+        bad_loss = torch.where(new_bad, loss.detach().float(), bad_loss)
+        first_bad = torch.where(new_bad, step, first_bad)
+        if (step + 1) % check_every == 0:
+            _raise_if_not_finite(first_bad, bad_loss, epoch, n_steps, env)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_sum += loss.detach() * len(y)
+        loss_sum += loss.detach().double() * len(y)
         correct += (out.detach().argmax(1) == y).sum()
         seen += len(y)
         if step % 20 == 0 and not bar.disable:
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}")
+            bar.set_postfix(loss=f"{loss_sum.item() / seen.item():.3f}", acc=f"{100 * correct.item() / seen.item():.1f}")
     bar.close()
-    return {"loss": loss_sum.item() / max(seen, 1), "acc": 100.0 * correct.item() / max(seen, 1)}
+    _raise_if_not_finite(first_bad, bad_loss, epoch, n_steps, env)
+    if env.enabled:
+        totals = torch.stack([loss_sum, correct.double(), seen.double()])
+        torch.distributed.all_reduce(totals)
+        loss_sum, correct, seen = totals[0], totals[1], totals[2]
+    n = max(float(seen.item()), 1.0)
+    return {"loss": loss_sum.item() / n, "acc": 100.0 * correct.item() / n}
+
+
+def _raise_if_not_finite(first_bad: torch.Tensor, bad_loss: torch.Tensor, epoch: int, n_steps: int | None,
+                         env: DistEnv) -> None:
+    step = int(ftbc_dist.all_reduce_min(first_bad.clone(), env).item())
+    if step == _NO_STEP:
+        return
+    value = f"{bad_loss.item()}" if int(first_bad.item()) == step else "not finite"
+    of = f" of {n_steps}" if n_steps else ""
+    raise TrainingError(f"training diverged: the loss is {value} at epoch {epoch}, step {step + 1}{of} "
+                        f"(try a lower --lr; this epoch was not saved)")
 
 
 @torch.no_grad()
@@ -399,13 +273,28 @@ def _build_model(arch: str, act: str, act_kwargs: dict, num_classes: int) -> nn.
 def train(*, dataset: str, data_root, arch: str, act: str = "relu", act_kwargs: dict | None = None,
           recipe: dict | str, seed: int = 0, out, device="cpu", num_workers: int = 0, epochs: int | None = None,
           download: bool = False, holdout: int = 0, holdout_seed: int = 0, deterministic: bool = False,
-          progress: bool = True, log=functools.partial(print, flush=True)) -> dict[str, Any]:
+          progress: bool = True, log=functools.partial(print, flush=True), amp: bool | None = None,
+          sync_bn: bool = False, time_budget_s: float | None = None, restart: bool = False,
+          init_from: str | os.PathLike | None = None) -> dict[str, Any]:
     """Train ``arch`` with activation ``act`` on ``dataset`` by ``recipe``; write the checkpoint to ``out``.
 
     Seeds ``torch.manual_seed(seed)`` before building the model, and a training
-    generator (shuffling, batched crop/flip) from the same seed: two CPU runs
-    with the same arguments and thread count give bit-identical weights. On
-    CUDA, ``deterministic=True`` also asks for deterministic kernels.
+    generator (shuffling, batched augmentation) from the same seed: two CPU
+    runs with the same arguments and thread count give bit-identical weights,
+    and so does a run killed and started again (it resumes from ``out``'s
+    per-epoch state unless ``restart``). On CUDA, ``deterministic=True`` also
+    asks for deterministic kernels.
+
+    Args:
+        amp: bf16 autocast; None means on for CUDA, off for CPU.
+        sync_bn: under torchrun, BatchNorm statistics of the global batch.
+        time_budget_s: size the number of epochs from the first epoch's time
+            so that training takes about this long (the recipe's epochs stay
+            the cap; fewer if later epochs run slower); the schedule is laid
+            over the chosen number, which ``model.json`` records.
+        restart: ignore and delete a saved per-epoch state in ``out``.
+        init_from: initial weights (a safetensors file of a torchvision
+            network, see :mod:`ftbc.pretrained`, or a suite checkpoint).
 
     Returns the metrics: ``train_loss``, ``train_acc``, ``lr`` and
     ``epoch_time_s`` per epoch, ``test_acc``, ``holdout_acc`` (None without a
@@ -415,57 +304,137 @@ def train(*, dataset: str, data_root, arch: str, act: str = "relu", act_kwargs: 
     recipe = apply_overrides(load_recipe(recipe) if isinstance(recipe, (str, Path)) else recipe, epochs=epochs)
     info = ftbc_data.dataset_info(dataset)  # DataError (a UserError) for an unknown name
     act_kwargs = {**resolve_act_kwargs(act, info.name), **(act_kwargs or {})}  # record the defaults too
-    dataset, dev, out = info.name, _check_device(device), Path(out)
-    with _deterministic(deterministic):
+    if time_budget_s is not None and not time_budget_s > 0:
+        raise TrainingError(f"--time-budget must be > 0 seconds, got {time_budget_s}")
+    dataset, out = info.name, Path(out)
+    run_key = dict(dataset=dataset, arch=arch, act=act, act_kwargs=act_kwargs, seed=seed, holdout=holdout,
+                   holdout_seed=holdout_seed, recipe={k: v for k, v in recipe.items()
+                                                      if k not in ("name", "path", "overrides")})
+    with ftbc_dist.process_group(_check_device(device)) as (env, dev), _deterministic(deterministic):
+        amp = dev.type == "cuda" if amp is None else amp
+        log = log if env.is_main else (lambda *a, **k: None)
+        if dev.type == "cuda" and not deterministic:
+            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
         torch.manual_seed(seed)
-        # Train in channels_last: oneDNN's convolutions are ~25 % faster so on CPU (cuDNN's too on GPU);
-        # the model returns to the default layout before the final evaluation and the checkpoint.
-        model = _build_model(arch, act, act_kwargs, info.num_classes).to(dev, memory_format=torch.channels_last)
+        # channels_last: oneDNN's convolutions are ~25 % faster so on CPU (cuDNN's too on GPU); the model
+        # returns to the default layout before the final evaluation and the checkpoint.
+        model = _build_model(arch, act, act_kwargs, info.num_classes)
+        if init_from is not None:
+            from ftbc.pretrained import load_initial_weights
+
+            load_initial_weights(model, arch, init_from)
+        model = model.to(dev, memory_format=torch.channels_last)
         loaders = build_loaders(dataset, data_root, recipe, seed=seed, holdout=holdout, holdout_seed=holdout_seed,
-                                num_workers=num_workers, download=download, device=dev)
-        metrics = fit(model, loaders["train"], recipe, dev, progress=progress, log=log)
-        model = model.to(memory_format=torch.contiguous_format)  # the layout load_model() rebuilds
-        metrics["test_acc"] = evaluate(model, loaders["test"], dev, desc="test", progress=progress)
-        metrics["holdout_acc"] = (None if loaders["holdout"] is None
-                                  else evaluate(model, loaders["holdout"], dev, desc="holdout", progress=progress))
-    metrics["wall_time_s"] = time.perf_counter() - t0
-    metrics["cpu_time_s"] = time.process_time() - c0  # all threads; tells a busy machine from a slow run
-    config = dict(dataset=dataset, data_root=str(data_root), arch=arch, act=act, act_kwargs=act_kwargs,
-                  num_classes=info.num_classes, image_size=info.image_size, mean=list(info.mean), std=list(info.std),
-                  recipe=recipe, seed=seed, epochs=recipe["epochs"], holdout=holdout, holdout_seed=holdout_seed,
-                  device=str(dev), deterministic=deterministic, num_workers=num_workers,
-                  pipeline=loaders["pipeline"], n_train=loaders["n_train"], out=str(out))
-    _write_outputs(model, out, config, metrics)
+                                num_workers=num_workers, download=download, device=dev, env=env)
+        if restart and env.is_main:
+            ftbc_resume.remove_state(out)
+        ftbc_dist.barrier(env)
+        ddp = ftbc_dist.wrap_model(model, env, dev, sync_bn=sync_bn)
+        metrics = fit(ddp, loaders["train"], recipe, dev, progress=progress, log=log, amp=amp, out=out,
+                      run_key=run_key, data_generator=loaders["generator"], time_budget_s=time_budget_s, env=env,
+                      seed=seed)
+        recipe = {**recipe, "epochs": len(metrics["train_loss"])}
+        if env.is_main:
+            model = ftbc_dist.unwrap(ddp).to(memory_format=torch.contiguous_format)  # the layout load_model() rebuilds
+            metrics["test_acc"] = evaluate(model, loaders["test"], dev, desc="test", progress=progress)
+            metrics["holdout_acc"] = (None if loaders["holdout"] is None else
+                                      evaluate(model, loaders["holdout"], dev, desc="holdout", progress=progress))
+            metrics["wall_time_s"] = time.perf_counter() - t0
+            metrics["cpu_time_s"] = time.process_time() - c0  # all threads; tells a busy machine from a slow run
+            config = dict(dataset=dataset, data_root=str(data_root), arch=arch, act=act, act_kwargs=act_kwargs,
+                          num_classes=info.num_classes, image_size=info.image_size, mean=list(info.mean),
+                          std=list(info.std), recipe=recipe, seed=seed, epochs=recipe["epochs"], holdout=holdout,
+                          holdout_seed=holdout_seed, device=str(dev), deterministic=deterministic,
+                          num_workers=num_workers, pipeline=loaders["pipeline"], n_train=loaders["n_train"],
+                          out=str(out), amp=amp, world_size=env.world_size, sync_bn=sync_bn,
+                          time_budget_s=time_budget_s, init_from=None if init_from is None else str(init_from))
+            _write_outputs(model, out, config, metrics)
+            ftbc_resume.remove_state(out)
+        ftbc_dist.barrier(env)
     return metrics
 
 
-def fit(model: nn.Module, loader: Iterable, recipe: dict, device, *, progress: bool = True,
-        log=print) -> dict[str, list[float]]:
+def fit(model: nn.Module, loader: Iterable, recipe: dict, device, *, progress: bool = True, log=print,
+        amp: bool = False, out: Path | None = None, run_key: dict | None = None,
+        data_generator: torch.Generator | None = None, time_budget_s: float | None = None,
+        env: DistEnv = DistEnv(), seed: int = 0) -> dict[str, list[float]]:
     """Run the recipe's epochs over ``loader``: optimiser, schedule and loss from ``recipe``.
 
-    Returns per-epoch ``train_loss``, ``train_acc`` (%), ``lr`` and
-    ``epoch_time_s``. Raises :class:`TrainingError` if the loss stops being finite.
+    With ``out``, the state after each epoch is saved there (rank 0) and a
+    state already there with the same ``run_key`` is resumed (see
+    :mod:`ftbc.resume`). With ``time_budget_s`` the number of epochs is set
+    after the first one (at most the recipe's) and lowered later if epochs
+    get slower (see :func:`_resize_for_budget`). Returns per-epoch
+    ``train_loss``, ``train_acc`` (%), ``lr`` and ``epoch_time_s``; raises
+    :class:`TrainingError` if the loss stops being finite.
     """
     n_epochs = recipe["epochs"]
     optimizer = create_optimizer(model, recipe)
     scheduler = create_scheduler(optimizer, recipe, n_epochs)
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe["label_smoothing"])
     metrics: dict[str, list[float]] = {"train_loss": [], "train_acc": [], "lr": [], "epoch_time_s": []}
-    for epoch in range(n_epochs):
+    epoch = 0
+    state = ftbc_resume.load_state(out, run_key or {}) if out is not None else None
+    if state is not None:
+        n_epochs, epoch = state.epochs, state.epoch
+        scheduler = create_scheduler(optimizer, recipe, n_epochs)
+        ftbc_resume.restore(state, model=ftbc_dist.unwrap(model), optimizer=optimizer, scheduler=scheduler,
+                            data_generator=data_generator)
+        metrics = {k: list(state.meta["metrics"][k]) for k in metrics}
+        log(f"resuming {out} after epoch {epoch}/{n_epochs}")
+    while epoch < n_epochs:
+        if env.enabled:  # per-rank dropout / per-sample draws that a resumed run repeats exactly
+            torch.manual_seed((seed * 1_000_003 + epoch * 1009 + env.rank) % 2**63)
         te = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        stats = train_one_epoch(model, criterion, optimizer, loader, device,
-                                desc=f"epoch {epoch + 1}/{n_epochs}", progress=progress)
-        if not math.isfinite(stats["loss"]):
-            raise TrainingError(f"training diverged: loss {stats['loss']} in epoch {epoch + 1} (try a lower --lr)")
-        scheduler.step(epoch + 1)
-        for k, v in (("train_loss", stats["loss"]), ("train_acc", stats["acc"]), ("lr", lr),
-                     ("epoch_time_s", time.perf_counter() - te)):
+        stats = train_one_epoch(model, criterion, optimizer, loader, device, desc=f"epoch {epoch + 1}/{n_epochs}",
+                                progress=progress, amp=amp, epoch=epoch + 1, env=env)
+        epoch_s = time.perf_counter() - te
+        if time_budget_s is not None:
+            n_new = _resize_for_budget(metrics["epoch_time_s"] + [epoch_s], time_budget_s, n_epochs, epoch,
+                                       recipe, env, device, log)
+            if n_new != n_epochs:
+                n_epochs, scheduler = n_new, create_scheduler(optimizer, recipe, n_new)
+        epoch += 1
+        scheduler.step(epoch)
+        for k, v in (("train_loss", stats["loss"]), ("train_acc", stats["acc"]), ("lr", lr), ("epoch_time_s", epoch_s)):
             metrics[k].append(v)
+        if out is not None and env.is_main:
+            ftbc_resume.save_state(out, model=ftbc_dist.unwrap(model), optimizer=optimizer, scheduler=scheduler,
+                                   data_generator=data_generator, epoch=epoch, epochs=n_epochs,
+                                   run_key=run_key or {}, metrics=metrics)
         if progress:
-            log(f"epoch {epoch + 1}/{n_epochs}  loss {stats['loss']:.4f}  train acc {stats['acc']:.2f}%  "
-                f"lr {lr:.4g}  {metrics['epoch_time_s'][-1]:.1f}s")
+            log(f"epoch {epoch}/{n_epochs}  loss {stats['loss']:.4f}  train acc {stats['acc']:.2f}%  "
+                f"lr {lr:.4g}  {epoch_s:.1f}s")
     return metrics
+
+
+def _epochs_in_budget(epoch_s: float, budget_s: float, cap: int) -> int:
+    """Whole epochs of length ``epoch_s`` that fit ``budget_s`` (the first included), in [1, cap]."""
+    return max(1, min(cap, int(budget_s // max(epoch_s, 1e-9))))
+
+
+def _resize_for_budget(times: list[float], budget_s: float, n_epochs: int, epoch: int, recipe: dict,
+                       env: DistEnv, device, log) -> int:
+    """The number of epochs after epoch ``epoch`` (0-based) of a ``time_budget_s`` run; rank 0 decides.
+
+    After the first epoch: as many as fit at its length, at most the recipe's.
+    Later, only fewer, when the mean epoch so far says the plan overruns the
+    budget by more than 10 % (a machine that got busier); the schedule is then
+    laid over the new number, which can never be below the epochs done.
+    """
+    mean = sum(times) / len(times)
+    if epoch == 0:
+        n = _epochs_in_budget(times[0], budget_s, n_epochs)
+    elif mean * n_epochs > 1.1 * budget_s:
+        n = max(epoch + 1, _epochs_in_budget(mean, budget_s, n_epochs))
+    else:
+        n = n_epochs
+    n = ftbc_dist.broadcast_int(n, env, torch.device(device))
+    if epoch == 0 or n != n_epochs:
+        log(f"epoch {epoch + 1} took {times[-1]:.1f}s: {n} epochs fit the {budget_s:.0f}s budget "
+            f"(recipe cap {recipe['epochs']})")
+    return n
 
 
 @contextlib.contextmanager
@@ -501,6 +470,23 @@ def _write_outputs(model: nn.Module, out: Path, config: dict, metrics: dict) -> 
     write_text(out / "run.yaml", yaml.safe_dump(config, sort_keys=False))
 
 
+def state_mismatch(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], show: int = 3) -> str:
+    """What keeps ``state`` from loading into a model with ``expected``: shapes, then missing/unexpected modules."""
+    def modules(keys: list[str]) -> str:
+        tops = list(dict.fromkeys(k.split(".")[0] for k in keys))
+        more = ", ..." if len(tops) > show else ""
+        return f"{', '.join(tops[:show])}{more} ({len(keys)} tensors)"
+
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    sizes = [f"{k} {list(state[k].shape)} (model {list(v.shape)})" for k, v in expected.items()
+             if k in state and state[k].shape != v.shape]
+    parts = [f"size mismatch {', '.join(sizes[:show])}{', ...' if len(sizes) > show else ''}"] if sizes else []
+    parts += [f"missing {modules(missing)}"] if missing else []
+    parts += [f"unexpected {modules(unexpected)}"] if unexpected else []
+    return "; ".join(parts)
+
+
 def load_model(checkpoint_path, device="cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model of a checkpoint from its sidecar and load the weights strictly.
 
@@ -523,10 +509,14 @@ def load_model(checkpoint_path, device="cpu") -> tuple[nn.Module, dict[str, Any]
         raise CheckpointError(f"checkpoint metadata {path.with_suffix('.json')} lacks {', '.join(missing)}")
     try:
         model = _build_model(meta["arch"], meta["act"], meta["act_kwargs"], meta["num_classes"])
-        model.load_state_dict(state, strict=True)
     except (RuntimeError, ValueError, TypeError, TrainingError) as e:
-        raise CheckpointError(f"checkpoint {path} does not fit {meta['arch']} ({meta['act']}): "
-                              f"{str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"checkpoint {path} names a model that cannot be built: {str(e).splitlines()[0]}") \
+            from None
+    mismatch = state_mismatch(state, model.state_dict())
+    if mismatch:
+        raise CheckpointError(f"checkpoint {path} does not fit {meta['arch']} ({meta['act']}, "
+                              f"{meta['num_classes']} classes): {mismatch}")
+    model.load_state_dict(state, strict=True)
     return model.to(_check_device(device)).eval(), meta
 
 
@@ -563,6 +553,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--deterministic", action="store_true",
                    help="deterministic CUDA kernels (slower; CPU runs are deterministic anyway)")
     g.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (default: on for CUDA, off for CPU)")
+    g.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="fit the number of epochs (at most the recipe's) to this time, measured on epoch 1")
+    g.add_argument("--restart", action="store_true",
+                   help="discard the per-epoch state in --out instead of resuming from it")
+    g.add_argument("--sync-bn", action="store_true", help="under torchrun: BatchNorm over the global batch")
+    g.add_argument("--init-from", default=None, metavar="FILE",
+                   help="initial weights: torchvision VGG-16 weights as safetensors (see ftbc.pretrained)")
     return p
 
 
@@ -576,7 +575,11 @@ def main(args: argparse.Namespace) -> int:
     metrics = train(dataset=args.dataset, data_root=args.data_root, arch=args.arch, act=args.act,
                     act_kwargs=act_kwargs, recipe=recipe, seed=args.seed, out=args.out, device=args.device,
                     num_workers=args.workers, download=args.download, holdout=args.holdout,
-                    holdout_seed=args.holdout_seed, deterministic=args.deterministic, progress=not args.quiet)
+                    holdout_seed=args.holdout_seed, deterministic=args.deterministic, progress=not args.quiet,
+                    amp=args.amp, sync_bn=args.sync_bn, time_budget_s=args.time_budget, restart=args.restart,
+                    init_from=args.init_from)
+    if "test_acc" not in metrics:  # a torchrun rank other than 0: rank 0 evaluates and reports
+        return 0
     hold = "" if metrics["holdout_acc"] is None else f", holdout {metrics['holdout_acc']:.2f}%"
     print(f"test accuracy {metrics['test_acc']:.2f}%{hold} in {metrics['wall_time_s']:.0f}s "
           f"-> {Path(args.out) / CHECKPOINT_NAME}")

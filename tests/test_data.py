@@ -316,7 +316,7 @@ def test_cache_hit_and_invalidation(make_imagefolder, tmp_path, monkeypatch):
     monkeypatch.setenv("FTBC_CACHE", str(cache))
     root = make_imagefolder(classes=CIFAR10_CLASSES, per_class=2)
     first = load_split("cifar10", root, "train")
-    assert len(list(cache.glob("cifar10-train-*.pt"))) == 1
+    assert len(list(cache.glob("cifar10-train-*.safetensors"))) == 1
 
     real_decode = data._decode
     monkeypatch.setattr(data, "_decode", lambda *a, **k: pytest.fail("cache miss"))
@@ -329,14 +329,14 @@ def test_cache_hit_and_invalidation(make_imagefolder, tmp_path, monkeypatch):
     monkeypatch.setattr(data, "_decode", real_decode)
     fresh = load_split("cifar10", root, "train")
     assert int(fresh.images[4].sum()) == 0 and not torch.equal(fresh.images, first.images)
-    assert len(list(cache.glob("cifar10-train-*.pt"))) == 2
+    assert len(list(cache.glob("cifar10-train-*.safetensors"))) == 2
 
 
 def test_unreadable_cache_is_rebuilt(make_imagefolder, tmp_path, monkeypatch):
     monkeypatch.setenv("FTBC_CACHE", str(tmp_path / "cache"))
     root = make_imagefolder(classes=CIFAR10_CLASSES, per_class=1)
     first = load_split("cifar10", root, "test")
-    (cache_file,) = (tmp_path / "cache").glob("*.pt")
+    (cache_file,) = (tmp_path / "cache").glob("*.safetensors")
     cache_file.write_bytes(b"truncated")
     with pytest.warns(UserWarning, match="unreadable data cache"):
         again = load_split("cifar10", root, "test")

@@ -93,12 +93,15 @@ def test_prepare_extracts_an_archive_and_takes_a_subset(tmp_path, monkeypatch):
         tar.add(tree, arcname="cifar10-jpeg")
     rec = prepare("cifar10", archive, extract_to=tmp_path / "work" / "cifar10", subset={"train": 2, "test": 1})
     assert (rec["n_train"], rec["n_test"], rec["classes"]) == (20, 10, 10)
-    assert (tmp_path / "work" / "cifar10-full").is_dir()  # the full extraction stays for reuse
-    assert sorted(p.name for p in (tmp_path / "work" / "cifar10" / "train" / "cat").iterdir()) == \
+    # only the subset's members are extracted
+    assert sorted(p.name for p in (tmp_path / "work" / "cifar10" / "cifar10-jpeg" / "train" / "cat").iterdir()) == \
         ["0000.png", "0001.png"]
     assert not [p for p in (tmp_path / "work").iterdir() if p.name.startswith(".")]  # no temporary left
-    # a finished subset is reused as it is
-    assert make_subset(tree, tmp_path / "work" / "cifar10", {"train": 3}) == tmp_path / "work" / "cifar10"
+    # from a folder, a subset is a tree of links; a finished one is reused as it is
+    sub = make_subset(tree, tmp_path / "sub", {"train": 1, "test": None})
+    assert len(list((sub / "train").rglob("*.png"))) == 10 and len(list((sub / "test").rglob("*.png"))) == 30
+    assert (sub / "train" / "cat" / "0000.png").is_symlink()
+    assert make_subset(tree, sub, {"train": 3}) == sub
 
 
 def test_prepare_names_what_is_wrong(tmp_path):

@@ -69,6 +69,9 @@ class QCFS(nn.Module):
         self.lam = nn.Parameter(torch.tensor(float(init_lambda)))
 
     def forward(self, z: Tensor) -> Tensor:
+        # float32 under bf16 autocast: the levels (spacing lam / L) and lam's gradient, a sum over the whole
+        # tensor, would otherwise be rounded to 8 significant bits. A no-op for float32 inputs.
+        z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
         s = torch.clamp(z * (self.L / self.lam), 0.0, float(self.L))
         return floor_ste(s + 0.5) * (self.lam / self.L)
 
