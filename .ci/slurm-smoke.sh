@@ -4,20 +4,18 @@
 # Usage: .ci/slurm-smoke.sh DATA_ROOT WORKDIR
 set -euo pipefail
 data=${1:?DATA_ROOT}; work=${2:?WORKDIR}
-# No accounting database here: squeue for status, no account. Evaluations are bundled
-# four to a SLURM job (a group), as one would on a cluster with many short jobs.
+# No accounting database here: squeue for status, no account.
 sm=(snakemake --workflow-profile workflow/profiles/slurm --configfile config/smoke.yaml
     --config "data_root=$data" "workdir=$work" "results=$work/tables"
-    --jobs 3 --slurm-status-command squeue --slurm-no-account --slurm-init-seconds-before-status-checks 2
-    --default-resources slurm_partition=debug mem_mb=2000 runtime=30
-    --groups evaluate_snn=evaluations --group-components evaluations=4)
+    --jobs 8 --slurm-status-command squeue --slurm-no-account --slurm-init-seconds-before-status-checks 2
+    --default-resources slurm_partition=debug mem_mb=2000 runtime=30)
 
 echo "== SLURM: start the grid, cancel the first evaluation job with scancel"
 "${sm[@]}" > "$work.log" 2>&1 &
 pid=$!
 cancelled=""
 for _ in $(seq 600); do
-  job=$(squeue -h -t R -o "%i %k" | awk '$2 ~ /evaluate_snn|evaluations/ {print $1; exit}')
+  job=$(squeue -h -t R -o "%i %k" | awk '$2 ~ /evaluate_snn/ {print $1; exit}')
   if [ -n "$job" ]; then scancel "$job"; cancelled=$job; break; fi
   kill -0 $pid 2> /dev/null || break
   sleep 1

@@ -34,10 +34,11 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ftbc.neuron import IFNeuron, if_step, neurons
+from ftbc.neuron import IFNeuron, channel_view, if_step, if_step_, neurons
 from ftbc.simulation import accuracy_per_step, reset_net, set_step_mode
 
-UpdateFn = Callable[[str, IFNeuron, Tensor, Tensor], None]
+# update(name, neuron, xs, target); with returns_outputs=True it returns the layer's outputs.
+UpdateFn = Callable[[str, IFNeuron, Tensor, Tensor], "Tensor | None"]
 
 
 @dataclass(frozen=True)
@@ -105,15 +106,26 @@ def ann_targets(ann: nn.Module, x: Tensor) -> dict[str, Tensor]:
 
 
 @torch.no_grad()
-def layerwise_pass(snn: nn.Module, ann: nn.Module, x: Tensor, T: int, update: UpdateFn) -> None:
+def layerwise_pass(snn: nn.Module, ann: nn.Module, x: Tensor, T: int, update: UpdateFn, *,
+                   returns_outputs: bool = False) -> None:
     """One layer-major forward of ``x`` [N, ...] where each spiking layer with an ANN
     counterpart is updated by ``update(name, neuron, xs, target)`` (xs: its input
-    current [T, N, ...]; target: the ANN activation [N, ...]) before it fires."""
+    current [T, N, ...]; target: the ANN activation [N, ...]) before it fires.
+
+    ``returns_outputs=True`` promises that ``update`` returns the layer's outputs
+    [T, N, ...] under its new parameters (as :func:`ftbc_heuristic_update` does),
+    which spares the layer's rerun; otherwise whatever ``update`` returns is ignored.
+    """
     targets = ann_targets(ann, x)
     layers = neurons(snn)
+
+    def hook(neuron: IFNeuron, xs: Tensor, name: str) -> Tensor | None:
+        out = update(name, neuron, xs, targets[name])
+        return out if returns_outputs else None
+
     for name, n in layers:
         if name in targets:
-            n.calibration_hook = lambda neuron, xs, name=name: update(name, neuron, xs, targets[name])
+            n.calibration_hook = lambda neuron, xs, name=name: hook(neuron, xs, name)
     set_step_mode(snn, "m", T)
     reset_net(snn)
     try:
@@ -142,17 +154,30 @@ def channel_threshold(n: IFNeuron, channels: int) -> Tensor:
     return n.threshold.expand(channels) if n.threshold.dim() == 0 else n.threshold
 
 
-def ftbc_heuristic_update(n: IFNeuron, xs: Tensor, target: Tensor, alpha: float) -> None:
-    """The paper's rule over one batch: per step, correct b[t] by alpha * error, then redo the step."""
+def ftbc_heuristic_update(n: IFNeuron, xs: Tensor, target: Tensor, alpha: float) -> Tensor:
+    """The paper's rule over one batch: per step, correct b[t] by alpha * error, then redo the step.
+
+    Returns the layer's outputs theta * s [T, N, ...] of the redone steps, which
+    are exactly what the layer computes with the corrected biases, so
+    :func:`layerwise_pass` need not rerun it. The x + offset part of the current
+    is formed once per step and the trial spikes go through an in-place buffer:
+    the same floating-point operations as firing with :func:`if_step` twice.
+    """
     T, C = xs.shape[0], xs.shape[2]
     ensure_bias(n, T, C)
     goal = channel_mean(target)
     theta = n.theta(xs.dim() - 1)
     v = n.initial_membrane(xs[0])
+    out = torch.empty_like(xs)
+    trial = torch.empty_like(xs[0])
+    nd = xs.dim() - 1
     for t in range(T):
-        s, _ = if_step(n.drive(xs[t], t), v, theta)
-        n.bias[t] += alpha * (goal - channel_mean(s * theta))
-        _, v = if_step(n.drive(xs[t], t), v, theta)  # redo step t with the corrected bias
+        base = n.current(xs[t])
+        m = v + (base + channel_view(n.bias[t], nd))
+        torch.ge(m, theta, out=trial).mul_(theta)  # s * theta of the trial step
+        n.bias[t] += alpha * (goal - channel_mean(trial))
+        if_step_(v, base + channel_view(n.bias[t], nd), theta, out=out[t])  # redo step t
+    return out
 
 
 def quantile_bias(m: Tensor, p: Tensor, theta: Tensor) -> Tensor:
@@ -246,7 +271,8 @@ def ftbc_stage(snn: nn.Module, ctx: Any, *, solver: str, alpha: float, iteration
         steps = tqdm(steps, desc="FTBC", leave=False)
     for it in steps:
         for x in data:
-            layerwise_pass(snn, ctx.ann, x, ctx.T, lambda name, n, xs, a: ftbc_heuristic_update(n, xs, a, alpha))
+            layerwise_pass(snn, ctx.ann, x, ctx.T, lambda name, n, xs, a: ftbc_heuristic_update(n, xs, a, alpha),
+                           returns_outputs=True)
         if ctx.holdout is not None:
             acc = _holdout_accuracy(snn, ctx)
             ctx.log.append({"stage": "ftbc", "solver": solver, "iteration": it + 1, "holdout_acc": acc})

@@ -15,7 +15,9 @@ Shapes: per-channel parameters are stored as [C] and broadcast over
 [N, C, *spatial]; ``v0`` may also be per neuron ([C, *spatial], SNNC's
 potential calibration). Two step modes (as in SpikingJelly): ``'s'`` takes one
 step [N, ...] and keeps its membrane between calls; ``'m'`` takes all steps
-with T folded into the batch, [T*N, ...], and scans over T inside.
+with T folded into the batch, [T*N, ...], and scans over T inside. Input that
+arrives in half precision (autocast on a GPU, :mod:`ftbc.accel`) is integrated
+in float32: the membrane is never rounded.
 """
 
 from __future__ import annotations
@@ -36,16 +38,31 @@ def if_step(x: Tensor, v: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
     return s, m - theta * s
 
 
-def if_step_(v: Tensor, x: Tensor, theta: Tensor) -> Tensor:
+def if_step_(v: Tensor, x: Tensor, theta: Tensor, out: Tensor | None = None) -> Tensor:
     """:func:`if_step` updating ``v`` in place; returns the layer output theta * s.
 
-    The simulation's hot path: four passes over memory instead of seven and no
-    temporaries beyond the output. Bit-equal to :func:`if_step` (tested).
+    The simulation's hot path, bit-equal to :func:`if_step` (tested). Four
+    passes over memory, each a vectorised kernel: ``torch.where`` with a random
+    mask runs branchy on CPU and a fresh bool mask costs an allocation, so the
+    comparison writes 0/1 straight into the float output (measured in
+    BENCHMARKS.md). ``out`` (shape of ``v``) receives the output instead of a
+    fresh tensor, e.g. a slice of a [T, ...] buffer.
     """
     v.add_(x)
-    out = torch.where(v >= theta, theta, torch.zeros((), dtype=theta.dtype, device=theta.device))
+    if out is None:
+        out = torch.empty_like(v)
+    torch.ge(v, theta, out=out)  # s in {0., 1.}
+    out.mul_(theta)  # exactly theta or +0.0 (theta > 0)
     v.sub_(out)
     return out
+
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def exact(x: Tensor) -> Tensor:
+    """``x`` in float32 if it arrives in half precision (autocast): the membrane is always kept exact."""
+    return x.float() if x.dtype in _LOW_PRECISION else x
 
 
 def channel_view(p: Tensor, ndim: int) -> Tensor:
@@ -55,7 +72,9 @@ def channel_view(p: Tensor, ndim: int) -> Tensor:
     return p
 
 
-CalibrationHook = Callable[["IFNeuron", Tensor], None]
+# Called with the layer's input current [T, N, ...] before it fires; may return the layer's
+# outputs under its updated parameters (then the layer does not rerun its steps).
+CalibrationHook = Callable[["IFNeuron", Tensor], "Tensor | None"]
 
 
 class IFNeuron(nn.Module):
@@ -78,6 +97,7 @@ class IFNeuron(nn.Module):
         self.calibration_hook: CalibrationHook | None = None
         self.record = False
         self.spike_counts: Tensor | None = None  # [T] spikes summed over batch and neurons
+        self.step_fn: Callable[..., Tensor] = if_step_  # ftbc.accel may swap in a compiled, bit-equal step
         self.reset()
 
     # -- state -----------------------------------------------------------------
@@ -100,17 +120,22 @@ class IFNeuron(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- dynamics --------------------------------------------------------------
+    def current(self, x: Tensor) -> Tensor:
+        """Input current before the FTBC bias: x + offset (``x`` itself when there is no offset)."""
+        if self.offset.dim() or self.offset.item() != 0:  # most methods have none: skip a pass
+            return x + channel_view(self.offset, x.dim())
+        return x
+
     def drive(self, x: Tensor, t: int) -> Tensor:
         """Input current of step ``t`` including offset and FTBC bias: x + offset + b[t]."""
-        d = x
-        if self.offset.dim() or self.offset.item() != 0:  # most methods have none: skip a pass
-            d = d + channel_view(self.offset, x.dim())
+        d = self.current(x)
         if t < self.bias.shape[0]:
             d = d + channel_view(self.bias[t], x.dim())
         return d
 
     def initial_membrane(self, like: Tensor) -> Tensor:
-        return channel_view(self.v0, like.dim()).expand_as(like).to(like.dtype).clone()
+        # empty_like keeps ``like``'s memory format (channels-last on GPU); an expanded clone would not.
+        return torch.empty_like(like).copy_(channel_view(self.v0, like.dim()).expand_as(like))
 
     def theta(self, ndim: int) -> Tensor:
         return channel_view(self.threshold, ndim)
@@ -121,9 +146,10 @@ class IFNeuron(nn.Module):
         return self._single_step(x)
 
     def _single_step(self, x: Tensor) -> Tensor:
+        x = exact(x)
         if self.v is None:
             self.v = self.initial_membrane(x)
-        out = if_step_(self.v, self.drive(x, self.t), self.theta(x.dim()).to(x.dtype))
+        out = self.step_fn(self.v, self.drive(x, self.t), self.theta(x.dim()).to(x.dtype))
         if self.record:
             self._count(self.t, out.count_nonzero())
         self.t += 1
@@ -133,10 +159,10 @@ class IFNeuron(nn.Module):
         T = self.n_steps
         if x.shape[0] % T:
             raise ValueError(f"multi-step input must be [T*N, ...] with T={T}; got batch {x.shape[0]}")
-        xs = x.view(T, x.shape[0] // T, *x.shape[1:])
-        if self.calibration_hook is not None:
-            self.calibration_hook(self, xs)
-        out = self.run_steps(xs)
+        xs = exact(x).view(T, x.shape[0] // T, *x.shape[1:])
+        out = self.calibration_hook(self, xs) if self.calibration_hook is not None else None
+        if out is None:
+            out = self.run_steps(xs)
         if self.record:
             counts = out.flatten(1).count_nonzero(1)
             for t in range(T):
@@ -149,7 +175,7 @@ class IFNeuron(nn.Module):
         v = self.initial_membrane(xs[0])
         out = torch.empty_like(xs)
         for t in range(xs.shape[0]):
-            out[t] = if_step_(v, self.drive(xs[t], t), theta)
+            self.step_fn(v, self.drive(xs[t], t), theta, out=out[t])
         return out
 
     def scan(self, xs: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import pandas as pd
 import yaml
@@ -59,13 +59,17 @@ def _run_dir(path: str | Path) -> Path:
     return path.parent if path.name == "result.json" else path
 
 
+def _each_run(run_dirs: Iterable[str | Path], table: str) -> Iterator[tuple[Path, dict, dict, pd.DataFrame]]:
+    """(folder, result.json, its checkpoint record, ``table`` read) for each evaluate output folder."""
+    for d in map(_run_dir, run_dirs):
+        res = read_result(d)
+        yield d, res, res.get("checkpoint", {}), pd.read_csv(d / table)
+
+
 def collect_accuracy(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
     """The long table: one row per (dataset, arch, activation, method, seed, T)."""
     frames = []
-    for d in map(_run_dir, run_dirs):
-        res = read_result(d)
-        acc = pd.read_csv(d / "accuracy.csv")
-        ckpt = res.get("checkpoint", {})
+    for d, res, ckpt, acc in _each_run(run_dirs, "accuracy.csv"):
         timing = pd.DataFrame([dict(T_run=r["T"], calibrate_s=r["convert_calibrate_s"], simulate_s=r["simulate_s"])
                                for r in res["runs"]])
         acc = acc.merge(timing, on="T_run", how="left").rename(columns={"t": "T"})
@@ -86,10 +90,7 @@ def collect_accuracy(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
 def collect_spikes(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
     """Per layer and T: mean firing rate and spikes / synaptic operations per image up to T."""
     frames = []
-    for d in map(_run_dir, run_dirs):
-        res = read_result(d)
-        act = pd.read_csv(d / "activity.csv")
-        ckpt = res.get("checkpoint", {})
+    for _, res, ckpt, act in _each_run(run_dirs, "activity.csv"):
         t_dependent = bool(res.get("method", {}).get("t_dependent"))
         base = dict(dataset=ckpt.get("dataset"), arch=ckpt.get("arch"), activation=ckpt.get("act"),
                     method=res["method"]["name"], seed=res.get("config", {}).get("seed", 0))

