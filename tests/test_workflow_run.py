@@ -136,7 +136,7 @@ def test_a_failing_job_leaves_the_others_and_only_it_is_redone(smoke, cifar10_ro
     before = _results(tmp)
     r = _run(tmp, bad, check=False)
     assert r.returncode != 0
-    log = "\n".join(p.read_text() for p in (tmp / "logs" / "evaluate_snn").rglob("rts/T*.log"))
+    log = "\n".join(p.read_text() for p in (tmp / "logs").rglob("evaluate_snn/**/rts/T*.log"))
     assert "calibration needs 5120 images" in log and "Traceback" not in log
     changed = {p for p, m in _results(tmp).items() if m != before.get(p)}
     names = {p.parent.parent.name for p in changed}  # (snnc_light too: the previous test changed it)

@@ -13,6 +13,8 @@ except WorkflowError as e:
     raise WorkflowError(grid.explain_validation(str(e))) from None
 
 WORK = config["workdir"]
+# logs/<workdir name>/<rule>/...: two grids run from one checkout never share a log file
+LOGS = f"logs/{os.path.basename(os.path.normpath(WORK))}"
 RESULTS = config["results"]
 ANNS = grid.anns(config)
 EVALUATIONS = grid.evaluations(config)

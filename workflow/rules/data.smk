@@ -10,7 +10,7 @@ rule prepare_data:
     conda:
         "../../environment.yml"
     log:
-        "logs/prepare_data/{dataset}.log",
+        f"{LOGS}/prepare_data/{{dataset}}.log",
     shell:
         "ftbc prepare-data --dataset {wildcards.dataset} --data-root {params.root:q} {params.extract} "
         "{params.download} {params.subset} --out {output} > {log} 2>&1"

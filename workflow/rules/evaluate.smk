@@ -24,7 +24,7 @@ rule evaluate_snn:
     conda:
         "../../environment.yml"
     log:
-        "logs/evaluate_snn/{dataset}/{arch}/seed{seed}/{method}/T{steps}.log",
+        f"{LOGS}/evaluate_snn/{{dataset}}/{{arch}}/seed{{seed}}/{{method}}/T{{steps}}.log",
     benchmark:
         f"{WORK}/benchmarks/evaluate_snn/{{dataset}}/{{arch}}/seed{{seed}}/{{method}}/T{{steps}}.tsv"
     shell:

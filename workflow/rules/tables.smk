@@ -25,7 +25,7 @@ rule tables:
     conda:
         "../../environment.yml"
     log:
-        "logs/tables.log",
+        f"{LOGS}/tables.log",
     shell:
         "ftbc tables {input.runs} --published {input.published} --T {params.T} --out {params.out} "
         "> {log} 2>&1"

@@ -21,7 +21,7 @@ rule train_ann:
     conda:
         "../../environment.yml"
     log:
-        "logs/train_ann/{dataset}/{arch}/{act}/seed{seed}.log",
+        f"{LOGS}/train_ann/{{dataset}}/{{arch}}/{{act}}/seed{{seed}}.log",
     benchmark:
         f"{WORK}/benchmarks/train_ann/{{dataset}}/{{arch}}/{{act}}/seed{{seed}}.tsv"
     shell:
