@@ -24,13 +24,15 @@ set +e; wait $pid; first=$?; set -e
 echo "first run exit status $first (cancelled SLURM job ${cancelled:-none})"
 [ -n "$cancelled" ] || { echo "no evaluation job was seen running"; tail -30 "$work.log"; exit 1; }
 [ "$first" -ne 0 ] || { echo "the cancelled job should have failed the first run"; exit 1; }
-done_before=$(find "$work/snn" -name result.json | wc -l)
-echo "results kept after the cancel: $done_before"
+find "$work/snn" -name result.json -printf "%p %T@\n" | sort > "$work.kept"
+echo "results kept after the cancel: $(wc -l < "$work.kept")"
 
 echo "== SLURM: rerun; only what is missing is run"
 "${sm[@]}" >> "$work.log" 2>&1 || { tail -40 "$work.log"; exit 1; }
 test -s "$work/tables/cifar10.md"
-total=$(find "$work/snn" -name result.json | wc -l)
-echo "results after the rerun: $total"
+find "$work/snn" -name result.json -printf "%p %T@\n" | sort > "$work.after"
+echo "results after the rerun: $(wc -l < "$work.after")"
+redone=$(comm -23 "$work.kept" "$work.after" | wc -l)
+[ "$redone" -eq 0 ] || { echo "$redone finished results were rewritten by the rerun"; exit 1; }
 "${sm[@]}" -n 2>&1 | grep -q "Nothing to be done" || { echo "a third run would redo work"; exit 1; }
 echo "SLURM smoke grid: ok"
