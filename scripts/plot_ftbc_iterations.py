@@ -38,11 +38,14 @@ def main(root: Path) -> None:
     df.to_csv(root / "iterations.csv", index=False)
     at_T = df[df["t"] == df["T"]]
     fig, ax = plt.subplots(figsize=(6, 4))
+    nets = sorted({r.split("_")[1] for r in at_T["run"]})  # ftbc_<net>_<solver>_T<T>: one colour per net
     for run, g in at_T.groupby("run"):
+        color = f"C{nets.index(run.split('_')[1]) % 10}"
         if g["iteration"].nunique() > 1:
-            ax.plot(g["iteration"], g["holdout_accuracy"], label=run)
-        else:
-            ax.axhline(g["holdout_accuracy"].iloc[0], linestyle="--", label=run)
+            ax.plot(g["iteration"], g["holdout_accuracy"], color=color, label=run)
+        else:  # one pass (quantile, or a one-iteration release setting): a level line
+            ax.axhline(g["holdout_accuracy"].iloc[0], color=color,
+                       linestyle=":" if "quantile" in run else "--", label=run)
     ax.set_xlabel("FTBC calibration iteration")
     ax.set_ylabel("held-out training accuracy at T (%)")
     ax.legend(fontsize=7)
