@@ -209,8 +209,11 @@ def test_every_registered_method_converts_and_runs(name):
     assert out.shape == (4, 8, 5) and torch.isfinite(out).all()
 
 
-def test_a_method_registered_from_outside_runs_end_to_end(tmp_path):
+def test_a_method_registered_from_outside_runs_end_to_end(tmp_path, monkeypatch):
     from ftbc.evaluation import run
+
+    # a private copy of the registry: the method must not leak into later tests' list_methods()
+    monkeypatch.setattr(baselines, "_METHODS", dict(baselines._METHODS))
 
     mine = register_method(Method(name="test_external_half_v0", activation="relu", threshold="percentile",
                                   percentile=99.0, v0=0.5, threshold_batches=2, threshold_batch_size=16,
@@ -243,3 +246,8 @@ def test_plugin_methods_reach_the_cli(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "ftbc", "methods"], capture_output=True, text=True,
                          env={**env, "FTBC_PLUGINS": "no_such_module_xyz"})
     assert bad.returncode == 2 and "FTBC_PLUGINS" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_methods_registered_by_tests_do_not_leak():
+    # runs after the test above: the workflow test compares the grid against list_methods()
+    assert not [n for n in list_methods() if n.startswith("test_")]
