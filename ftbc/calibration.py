@@ -184,24 +184,32 @@ def quantile_bias(m: Tensor, p: Tensor, theta: Tensor) -> Tensor:
     """Bias per channel so that the fraction of positions with m + b >= theta is nearest ``p``.
 
     m: membranes [C, M]; p: target fractions [C]; theta: [C]. The cut is placed
-    halfway between neighbouring sorted values so rounding cannot flip a position;
+    halfway between neighbouring values so rounding cannot flip a position;
     tied values all fire or all stay, whichever lands nearer the target.
+    A selection (``kthvalue``) and a few counting passes, not a sort: sorting
+    the pooled positions was 60 % of a T=32 calibration on CPU.
     """
     C, M = m.shape
-    desc = m.sort(dim=1, descending=True).values
     k = torch.round(p.clamp(0, 1) * M).long()  # how many should fire
-    ar = torch.arange(C, device=m.device)
-    # Value at the boundary (k-th largest); ties: count strictly-above and at-or-above.
-    kth = desc[ar, (k - 1).clamp(0, M - 1)]
-    above = (desc > kth.unsqueeze(1)).sum(1)
-    at_or_above = (desc >= kth.unsqueeze(1)).sum(1)
+    # the k-th largest value per channel (kthvalue counts from the smallest); any value when k = 0
+    kth = torch.stack([row.kthvalue(M - kk + 1).values if kk > 0 else row.amax()
+                       for row, kk in zip(m, k.tolist())]).unsqueeze(1)
+    above = (m > kth).sum(1)
+    at_or_above = above + (m == kth).sum(1)
     take_ties = (at_or_above - k).abs() <= (k - above).abs()
     n_fire = torch.where(take_ties, at_or_above, above)
     n_fire = torch.where(k == 0, torch.zeros_like(k), n_fire)
-    # cut between desc[n_fire - 1] (fires) and desc[n_fire] (does not)
-    span = (desc[:, 0] - desc[:, -1]).abs() + theta.abs() + 1.0
-    hi = torch.where(n_fire > 0, desc[ar, (n_fire - 1).clamp(0, M - 1)], desc[:, 0] + span)
-    lo = torch.where(n_fire < M, desc[ar, n_fire.clamp(0, M - 1)], desc[:, -1] - span)
+    # cut between the lowest firing value (hi) and the highest quiet one (lo)
+    inf = torch.tensor(float("inf"), dtype=m.dtype, device=m.device)
+    below_kth = torch.where(m < kth, m, -inf).amax(1)  # highest quiet value when the ties fire
+    above_kth = torch.where(m > kth, m, inf).amin(1)   # lowest firing value when they do not
+    kth = kth.squeeze(1)
+    hi = torch.where(take_ties, kth, above_kth)
+    lo = torch.where(take_ties, below_kth, kth)
+    top, bottom = m.amax(1), m.amin(1)
+    span = (top - bottom).abs() + theta.abs() + 1.0
+    hi = torch.where(n_fire > 0, hi, top + span)
+    lo = torch.where(n_fire == 0, top, torch.where(n_fire < M, lo, bottom - span))
     return theta - (hi + lo) / 2
 
 
@@ -212,12 +220,14 @@ def ftbc_quantile_update(n: IFNeuron, xs: Tensor, target: Tensor) -> None:
     n.bias[:T] = 0
     theta_c = channel_threshold(n, C)
     p = (channel_mean(target) / theta_c).clamp(0, 1)
-    theta = n.theta(xs.dim() - 1)
+    nd = xs.dim() - 1
+    theta = n.theta(nd)
     v = n.initial_membrane(xs[0])
     for t in range(T):
-        m = v + n.drive(xs[t], t)  # bias[t] is still 0 here
+        base = n.current(xs[t])
+        m = v + base  # the membrane before the threshold test with b[t] = 0
         n.bias[t] = quantile_bias(m.transpose(0, 1).reshape(C, -1), p, theta_c)
-        _, v = if_step(n.drive(xs[t], t), v, theta)
+        if_step_(v, base + channel_view(n.bias[t], nd), theta)  # fire as the simulation will
 
 
 @dataclass
