@@ -8,6 +8,7 @@ data=${1:?DATA_ROOT}; work=${2:?WORKDIR}
 sm=(snakemake --workflow-profile workflow/profiles/slurm --configfile config/smoke.yaml
     --config "data_root=$data" "workdir=$work" "results=$work/tables"
     --jobs 8 --slurm-status-command squeue --slurm-no-account --slurm-init-seconds-before-status-checks 2
+    --seconds-between-status-checks 2
     --default-resources slurm_partition=debug mem_mb=2000 runtime=30)
 
 echo "== SLURM: start the grid, cancel the first evaluation job with scancel"

@@ -13,8 +13,9 @@ from ftbc.training import evaluate, load_model, resolve_act_kwargs, train
 
 pytestmark = pytest.mark.slow
 
-EPOCHS = 3
-N_TEST = 2000
+# 2 epochs and 1,000 test images keep this file near 10 minutes of the CI run (3 and 2,000 took 20)
+EPOCHS = 2
+N_TEST = 1000
 
 
 def train_small(root, tmp_path_factory, act: str, epochs: int):
@@ -59,7 +60,7 @@ def accuracy(trained, method, Ts):
 def test_ann_trains_to_a_useful_accuracy(trained):
     ann = trained[-1]
     print(f"\nANN (vgg_small, {EPOCHS} epochs) test accuracy on {N_TEST} images: {ann:.2f} %")
-    assert ann > 65.0
+    assert ann > 60.0  # 2 epochs: about 65 %; chance is 10 %
 
 
 def test_ftbc_raises_low_T_accuracy_over_the_same_network_without_it(trained):
