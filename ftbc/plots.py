@@ -92,7 +92,9 @@ def iteration_log(run_dirs: Iterable[Path]) -> pd.DataFrame:
 def plot_iterations(run_dirs: Iterable[Path], path: Path) -> pd.DataFrame:
     """FTBC: held-out accuracy at T against calibration iteration, one panel per (dataset, arch, method)."""
     log = iteration_log(run_dirs)
-    panels = list(log.groupby(["dataset", "arch", "method"])) if not log.empty else []
+    # a method calibrated in one iteration (the release's FTBC+QCFS) has a point, not a curve: no panel
+    panels = [(k, g) for k, g in log.groupby(["dataset", "arch", "method"]) if g["iteration"].nunique() > 1] \
+        if not log.empty else []
     n = max(len(panels), 1)
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False)
     for ax, ((dataset, arch, method), g) in zip(axes[0], panels):
@@ -106,7 +108,7 @@ def plot_iterations(run_dirs: Iterable[Path], path: Path) -> pd.DataFrame:
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("held-out accuracy at T (%)")
     if not panels:
-        axes[0][0].text(0.5, 0.5, "no per-iteration log:\nevaluate FTBC methods with a held-out slice",
+        axes[0][0].text(0.5, 0.5, "no per-iteration log:\nevaluate FTBC methods that iterate\nwith a held-out slice",
                         ha="center", va="center", transform=axes[0][0].transAxes)
         axes[0][0].set_axis_off()
     _save(fig, path)

@@ -113,3 +113,19 @@ def test_published_arch_names_map_onto_the_suite_models():
                              acc=2.0)])
     m = tables.match_published(acc, pub)
     assert m[["arch", "published", "published_source"]].values.tolist() == [["resnet20_rts", 2.0, "s"]]
+
+
+def test_iteration_figure_draws_only_methods_that_iterate(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from ftbc import plots
+
+    log = pd.DataFrame({"dataset": "cifar10", "arch": "tiny", "seed": 0, "T": 4,
+                        "method": ["one_pass", "iterating", "iterating"], "iteration": [1, 1, 2],
+                        "accuracy": [40.0, 41.0, 42.0]})
+    monkeypatch.setattr(plots, "iteration_log", lambda run_dirs: log)
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.extend(a.get_title() for a in fig.axes))
+    out = plots.plot_iterations([], tmp_path / "it.png")
+    assert len(out) == 3  # the log keeps every entry
+    assert drawn == ["iterating\ncifar10 / tiny"]
