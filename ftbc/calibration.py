@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ftbc.neuron import IFNeuron, channel_view, if_step, if_step_, neurons
+from ftbc.neuron import IFNeuron, channel_view, if_step_, neurons
 from ftbc.simulation import accuracy_per_step, reset_net, set_step_mode
 
 # update(name, neuron, xs, target); with returns_outputs=True it returns the layer's outputs.
@@ -187,7 +187,7 @@ def quantile_bias(m: Tensor, p: Tensor, theta: Tensor) -> Tensor:
     halfway between neighbouring values so rounding cannot flip a position;
     tied values all fire or all stay, whichever lands nearer the target.
     A selection (``kthvalue``) and a few counting passes, not a sort: sorting
-    the pooled positions was 60 % of a T=32 calibration on CPU.
+    the pooled positions took over half of a T=32 calibration on CPU.
     """
     C, M = m.shape
     k = torch.round(p.clamp(0, 1) * M).long()  # how many should fire
