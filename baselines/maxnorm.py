@@ -1,12 +1,16 @@
-"""Max-norm conversion: thresholds from activation maxima, no calibration.
+"""Max-norm conversion: a plain max-activation conversion with no shift and no calibration.
 
-The "max" choice of SNN Calibration's release (an EMA, momentum 0.9, of the
-per-batch maxima of each layer's ReLU output on training images) is the
-no-calibration baseline every other method improves on (METHODS.md section 2).
-Set ``threshold='percentile'`` for the robust variant. Nothing depends on T.
+Each layer's threshold is the EMA (momentum 0.9, 7 batches of 128 training
+images) of its per-batch ReLU maximum, the "max" choice of SNN Calibration's
+release; v(0) = 0, no per-step shift, no calibration stage. Nothing depends on T.
+
+This is not SNN Calibration's "none" row: the release's no-calibration run adds
+the shift theta / (2T) at every step (``snnc_none``, registered in
+``baselines/snnc.py``). Set ``threshold='percentile'`` for the robust variant.
 """
 
 from baselines import Method, register_method
+from ftbc.calibration_pool import SNNC_LOADER
 
 MAXNORM = register_method(Method(
     name="maxnorm",
@@ -14,6 +18,8 @@ MAXNORM = register_method(Method(
     threshold="max",
     threshold_reduce="ema",
     v0=0.0,
-    summary="ReLU ANN, max-activation thresholds (EMA of batch maxima), no calibration",
+    calibration_augmentation=SNNC_LOADER,  # the "max" path of SNN Calibration's release, its loader
+    summary="ReLU ANN, max-activation thresholds (EMA of batch maxima), no shift, no calibration "
+            "(not SNNC's 'none' row: snnc_none)",
     reference="Rueckauer et al. 2017; SNN Calibration's release (Li et al., ICML 2021)",
 ))

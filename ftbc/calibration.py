@@ -144,7 +144,7 @@ def ensure_bias(n: IFNeuron, T: int, channels: int) -> None:
     old = n.bias
     if old.shape[0] >= T and old.shape[1:] == (channels,):
         return
-    new = torch.zeros(max(T, old.shape[0]), channels, device=n.threshold.device)
+    new = torch.zeros(max(T, old.shape[0]), channels, device=n.threshold.device, dtype=n.threshold.dtype)
     if old.numel():
         new[: old.shape[0]] = old
     n.bias = new
@@ -154,30 +154,95 @@ def channel_threshold(n: IFNeuron, channels: int) -> Tensor:
     return n.threshold.expand(channels) if n.threshold.dim() == 0 else n.threshold
 
 
+def ftbc_heuristic_step(n: IFNeuron, v: Tensor, x: Tensor, t: int, goal: Tensor, alpha: float,
+                        out: Tensor | None = None) -> Tensor:
+    """The paper's rule at one step: fire, b[t] += alpha * (goal - mean_{N,H,W} theta s), redo step t.
+
+    ``v`` (the membrane before step t) is advanced in place; returns the redone step's
+    output theta * s. The x + offset part of the current is formed once and the trial
+    spikes go through a scratch buffer: the same floating-point operations as firing
+    with :func:`if_step` twice.
+    """
+    nd = x.dim()
+    theta = n.theta(nd)
+    base = n.current(x)
+    m = v + (base + channel_view(n.bias[t], nd))
+    trial = torch.ge(m, theta, out=m).mul_(theta)  # s * theta of the trial step (m is not needed again)
+    n.bias[t] += alpha * (goal - channel_mean(trial))
+    return if_step_(v, base + channel_view(n.bias[t], nd), theta, out=out)  # redo step t
+
+
 def ftbc_heuristic_update(n: IFNeuron, xs: Tensor, target: Tensor, alpha: float) -> Tensor:
-    """The paper's rule over one batch: per step, correct b[t] by alpha * error, then redo the step.
+    """The paper's rule over one batch, all steps of one layer (:func:`ftbc_heuristic_step` for each t).
 
     Returns the layer's outputs theta * s [T, N, ...] of the redone steps, which
     are exactly what the layer computes with the corrected biases, so
-    :func:`layerwise_pass` need not rerun it. The x + offset part of the current
-    is formed once per step and the trial spikes go through an in-place buffer:
-    the same floating-point operations as firing with :func:`if_step` twice.
+    :func:`layerwise_pass` need not rerun it.
     """
     T, C = xs.shape[0], xs.shape[2]
     ensure_bias(n, T, C)
     goal = channel_mean(target)
-    theta = n.theta(xs.dim() - 1)
     v = n.initial_membrane(xs[0])
     out = torch.empty_like(xs)
-    trial = torch.empty_like(xs[0])
-    nd = xs.dim() - 1
     for t in range(T):
-        base = n.current(xs[t])
-        m = v + (base + channel_view(n.bias[t], nd))
-        torch.ge(m, theta, out=trial).mul_(theta)  # s * theta of the trial step
-        n.bias[t] += alpha * (goal - channel_mean(trial))
-        if_step_(v, base + channel_view(n.bias[t], nd), theta, out=out[t])  # redo step t
+        ftbc_heuristic_step(n, v, xs[t], t, goal, alpha, out=out[t])
     return out
+
+
+@torch.no_grad()
+def ann_channel_means(ann: nn.Module, x: Tensor) -> dict[str, Tensor]:
+    """Per activation module of the ANN, the channel means of its output on ``x`` ([C]), computed
+    as each layer runs: no layer's output outlives its hook (ImageNet VGG-16's activations for 128
+    images are about 7 GB)."""
+    from ftbc.conversion import activation_sites
+
+    out: dict[str, Tensor] = {}
+    handles = [m.register_forward_hook(lambda mod, i, o, name=name: out.__setitem__(name, channel_mean(o)))
+               for name, m in activation_sites(ann)]
+    try:
+        ann(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+@torch.no_grad()
+def stepwise_ftbc_pass(snn: nn.Module, ann: nn.Module, x: Tensor, T: int, alpha: float) -> None:
+    """One FTBC heuristic pass over ``x`` in step-major order: for t, for each layer in forward order.
+
+    The update of b_l[t] uses only step t of layer l, whose input depends only on the
+    layers below at steps <= t; so this order gives the biases of :func:`layerwise_pass`
+    with :func:`ftbc_heuristic_update` (the same operations, up to the rounding of a
+    convolution run on N instead of T x N images; tested), while holding one step's
+    activations instead of all T steps of a layer: memory independent of T.
+    """
+    goals = ann_channel_means(ann, x)
+    layers = [(name, n) for name, n in neurons(snn) if name in goals]
+
+    def hook(n: IFNeuron, xt: Tensor, t: int, goal: Tensor) -> Tensor:
+        if t == 0:
+            ensure_bias(n, T, xt.shape[1])
+        return ftbc_heuristic_step(n, n.v, xt, t, goal, alpha)
+
+    for name, n in layers:
+        n.step_hook = lambda neuron, xt, t, goal=goals[name]: hook(neuron, xt, t, goal)
+    set_step_mode(snn, "s")
+    reset_net(snn)
+    try:
+        for _ in range(T):
+            snn(x)
+    finally:
+        for _, n in layers:
+            n.step_hook = None
+        reset_net(snn)
+
+
+def layer_major_bytes(ann: nn.Module, x: Tensor, T: int) -> int:
+    """Bytes of the largest layer's activations over all T steps and images of ``x`` in a
+    layer-major pass (input, current and output: three such tensors), from a one-image probe."""
+    sizes = [a[0].numel() for a in ann_targets(ann, x[:1]).values()]
+    return 3 * T * x.shape[0] * max(sizes, default=0) * x.element_size()
 
 
 def quantile_bias(m: Tensor, p: Tensor, theta: Tensor) -> Tensor:
@@ -230,6 +295,22 @@ def ftbc_quantile_update(n: IFNeuron, xs: Tensor, target: Tensor) -> None:
         if_step_(v, base + channel_view(n.bias[t], nd), theta)  # fire as the simulation will
 
 
+def iteration_seed(seed: int, iteration: int) -> int:
+    """The seed of FTBC iteration ``iteration`` (0-based).
+
+    The release reseeds with seed + iteration before taking the first batches of its
+    shuffled, augmenting training loader; its thresholds were drawn earlier in the
+    random stream, so iteration 0 sees other images than the thresholds did. Here a
+    draw is a function of its seed alone, and the thresholds use ``seed``: the
+    iterations start at seed + 1 so the first one is a fresh draw too.
+    """
+    return seed + 1 + iteration
+
+
+# Above this many bytes of one layer's activations over all steps, FTBC runs step-major.
+LAYER_MAJOR_BUDGET = 2 * 1024**3
+
+
 @dataclass
 class _Best:
     acc: float = -1.0
@@ -245,15 +326,20 @@ def _holdout_accuracy(snn: nn.Module, ctx: Any) -> list[float]:
 @register_stage(
     "ftbc",
     t_dependent=False,
-    defaults=dict(solver="heuristic", alpha=0.5, iterations=100, batches=5, batch_size=128, select="last"),
+    defaults=dict(solver="heuristic", alpha=0.5, iterations=100, batches=5, batch_size=128, select="last",
+                  order="auto"),
 )
 def ftbc_stage(snn: nn.Module, ctx: Any, *, solver: str, alpha: float, iterations: int, batches: int,
-               batch_size: int, select: str) -> None:
+               batch_size: int, select: str, order: str) -> None:
     """FTBC calibration of every spiking layer with an ANN counterpart, for steps 1..T.
 
     ``select='last'`` keeps the final biases (the suite's default protocol);
     ``'holdout'`` keeps the iteration with the best accuracy at T on ``ctx.holdout``
     (a slice of the training split, never the test set).
+    ``order`` (heuristic solver): ``'layer'`` runs each layer over all T steps at
+    once (fastest), ``'step'`` all layers one step at a time (memory independent of
+    T), ``'auto'`` the layer order unless its activations would pass
+    :data:`LAYER_MAJOR_BUDGET` bytes.
     """
     from ftbc.conversion import draw_batches
 
@@ -263,12 +349,16 @@ def ftbc_stage(snn: nn.Module, ctx: Any, *, solver: str, alpha: float, iteration
         raise ValueError(f"ftbc select must be 'last' or 'holdout', got {select!r}")
     if select == "holdout" and ctx.holdout is None:
         raise ValueError("ftbc select='holdout' needs a held-out slice of the training split")
+    if order not in ("auto", "layer", "step"):
+        raise ValueError(f"ftbc order must be 'auto', 'layer' or 'step', got {order!r}")
     if not (0 < alpha <= 10) or iterations < 1 or batches < 1 or batch_size < 1:
         raise ValueError(f"ftbc needs 0 < alpha <= 10 and positive iterations/batches/batch_size; "
                          f"got alpha={alpha}, iterations={iterations}, batches={batches}, batch_size={batch_size}")
-    data = [b.to(ctx.device) for b in draw_batches(ctx.data, batches, batch_size, ctx.seed + 1)]
+    def draw(iteration: int) -> list[Tensor]:
+        return [b.to(ctx.device) for b in draw_batches(ctx.data, batches, batch_size, iteration_seed(ctx.seed, iteration))]
+
     if solver == "quantile":
-        pooled = torch.cat(data)
+        pooled = torch.cat(draw(0))  # one seeded draw of batches x batch_size images
         layerwise_pass(snn, ctx.ann, pooled, ctx.T, lambda name, n, xs, a: ftbc_quantile_update(n, xs, a))
         if ctx.holdout is not None:
             ctx.log.append({"stage": "ftbc", "solver": solver, "iteration": 1, "holdout_acc": _holdout_accuracy(snn, ctx)})
@@ -280,9 +370,15 @@ def ftbc_stage(snn: nn.Module, ctx: Any, *, solver: str, alpha: float, iteration
 
         steps = tqdm(steps, desc="FTBC", leave=False)
     for it in steps:
-        for x in data:
-            layerwise_pass(snn, ctx.ann, x, ctx.T, lambda name, n, xs, a: ftbc_heuristic_update(n, xs, a, alpha),
-                           returns_outputs=True)
+        for x in draw(it):  # fresh, shuffled, augmented batches every iteration, as the release
+            if order == "auto":
+                order = "step" if layer_major_bytes(ctx.ann, x, ctx.T) > LAYER_MAJOR_BUDGET else "layer"
+                ctx.log.append({"stage": "ftbc", "order": order})
+            if order == "step":
+                stepwise_ftbc_pass(snn, ctx.ann, x, ctx.T, alpha)
+            else:
+                layerwise_pass(snn, ctx.ann, x, ctx.T,
+                               lambda name, n, xs, a: ftbc_heuristic_update(n, xs, a, alpha), returns_outputs=True)
         if ctx.holdout is not None:
             acc = _holdout_accuracy(snn, ctx)
             ctx.log.append({"stage": "ftbc", "solver": solver, "iteration": it + 1, "holdout_acc": acc})

@@ -8,8 +8,10 @@ Fixed order (every method goes through it; methods differ only in the
    each layer's threshold by the method's rule (:mod:`ftbc.thresholds`);
 3. replace every activation (ReLU, QCFS, clipped ReLU) by an
    :class:`~ftbc.neuron.IFNeuron` with theta, v0 = v0_frac * theta and the
-   per-step shift theta / (2T) if the method uses one; the classifier stays
-   non-spiking unless the method says otherwise (RTS);
+   per-step shift theta / (2T) if the method uses one (except, when the
+   method's ``shift_after_add`` is off, at neurons fed by a residual
+   addition); the classifier stays non-spiking unless the method says
+   otherwise (RTS);
 4. run the method's calibration stages (:mod:`ftbc.calibration`).
 
 The result keeps the folded ANN beside the SNN: calibration targets and the
@@ -19,9 +21,10 @@ ANN accuracy come from exactly the network that was converted.
 from __future__ import annotations
 
 import copy
+import operator
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor, fx, nn
@@ -79,13 +82,23 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
 
 # -- drawing calibration images ----------------------------------------------------------
 
-def draw_batches(data: Any, n_batches: int, batch_size: int, seed: int) -> list[Tensor]:
-    """``n_batches`` fixed batches from ``data``: a Tensor of images or a training Dataset."""
+def draw_batches(data: Any, n_batches: int | None, batch_size: int, seed: int) -> Iterable[Tensor]:
+    """``n_batches`` batches drawn by ``seed`` from ``data``: a :class:`~ftbc.calibration_pool.CalibrationPool`,
+    a Tensor of images (already transformed) or a training Dataset with a float transform.
+    ``n_batches=None``: every image once (a generator for a pool: one batch in memory at a time)."""
+    from ftbc.calibration_pool import CalibrationPool
+
+    if isinstance(data, CalibrationPool):
+        return data.iter_all(batch_size, seed) if n_batches is None else data.draw(n_batches, batch_size, seed)
     if isinstance(data, Tensor):
         g = torch.Generator().manual_seed(seed)
-        idx = torch.randperm(len(data), generator=g)[: n_batches * batch_size]
+        idx = torch.randperm(len(data), generator=g)
+        idx = idx if n_batches is None else idx[: n_batches * batch_size]
         return [data[i] for i in idx.split(batch_size)]
     from ftbc.data import calibration_batches
+
+    if n_batches is None:
+        n_batches = len(data) // batch_size
 
     return calibration_batches(data, n_batches=n_batches, batch_size=batch_size, seed=seed)
 
@@ -93,7 +106,7 @@ def draw_batches(data: Any, n_batches: int, batch_size: int, seed: int) -> list[
 # -- thresholds -------------------------------------------------------------------------
 
 @torch.no_grad()
-def observe_thresholds(gm: fx.GraphModule, method: Method, batches: Sequence[Tensor], T: int) -> dict[str, Tensor]:
+def observe_thresholds(gm: fx.GraphModule, method: Method, batches: Iterable[Tensor], T: int) -> dict[str, Tensor]:
     """Per activation site (and ``'output'`` for a spiking classifier), the method's threshold."""
     sites = dict(activation_sites(gm))
     if not sites:
@@ -130,17 +143,38 @@ def observe_thresholds(gm: fx.GraphModule, method: Method, batches: Sequence[Ten
 
 # -- building the SNN ---------------------------------------------------------------------
 
-def make_neuron(theta: Tensor, method: Method, T: int) -> IFNeuron:
+# Graph calls that sum two currents: a residual block's main path and its shortcut.
+_ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
+_ADD_METHODS = ("add", "add_")
+
+
+def is_addition(node: Any) -> bool:
+    """Whether ``node`` (an fx node, or any other argument) is an addition: ``a + b``, ``torch.add``, ``a.add(b)``."""
+    if not isinstance(node, fx.Node):
+        return False
+    return ((node.op == "call_function" and node.target in _ADD_FUNCTIONS)
+            or (node.op == "call_method" and node.target in _ADD_METHODS))
+
+
+def fed_by_addition(gm: fx.GraphModule) -> set[str]:
+    """Names of the submodules whose (first) input in the graph is an addition: the post-residual activations."""
+    return {n.target for n in gm.graph.nodes if n.op == "call_module" and n.args and is_addition(n.args[0])}
+
+
+def make_neuron(theta: Tensor, method: Method, T: int, *, after_add: bool = False) -> IFNeuron:
+    """The IF neuron of one activation site; ``after_add``: its input current is a residual sum."""
     theta = theta.detach().float().clamp_min(1e-6)
-    offset = theta / (2 * T) if method.shift else torch.zeros(())
+    shifted = method.shift and (method.shift_after_add or not after_add)
+    offset = theta / (2 * T) if shifted else torch.zeros(())
     return IFNeuron(threshold=theta, v0=method.v0 * theta, offset=offset)
 
 
 def swap_activations(gm: fx.GraphModule, thresholds: dict[str, Tensor], method: Method, T: int) -> fx.GraphModule:
     """A copy of ``gm`` with every activation replaced by an IF neuron."""
     snn = copy.deepcopy(gm)
+    after_add = fed_by_addition(snn)
     for name, _ in activation_sites(snn):
-        _set_submodule(snn, name, make_neuron(thresholds[name], method, T))
+        _set_submodule(snn, name, make_neuron(thresholds[name], method, T, after_add=name in after_add))
     if "output" in thresholds:
         snn.add_submodule("output_neuron", make_neuron(thresholds["output"], method, T))
         out_node = next(n for n in snn.graph.nodes if n.op == "output")
@@ -203,7 +237,7 @@ def convert(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     gm = fold_bn(ann).to(device)
-    batches = [b.to(device) for b in draw_batches(data, method.threshold_batches, method.threshold_batch_size, seed)]
+    batches = (b.to(device) for b in draw_batches(data, method.threshold_batches, method.threshold_batch_size, seed))
     thresholds = observe_thresholds(gm, method, batches, T)
     snn = swap_activations(gm, thresholds, method, T)
     timings["convert_s"] = time.perf_counter() - t0

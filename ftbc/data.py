@@ -91,7 +91,8 @@ def dataset_info(name: str) -> DatasetInfo:
     return DATASETS[key]
 
 
-def build_transform(dataset: str, *, train: bool, autoaugment: bool = False, cutout: int = 0) -> Callable:
+def build_transform(dataset: str, *, train: bool, autoaugment: bool = False, cutout: int = 0,
+                    cutout_before_normalize: bool = False) -> Callable:
     """Build the per-image transform of the releases (torchvision ``transforms.v2``).
 
     CIFAR: the input is a uint8 ``[3, 32, 32]`` tensor (a :class:`TensorImageDataset` item).
@@ -104,6 +105,8 @@ def build_transform(dataset: str, *, train: bool, autoaugment: bool = False, cut
         train: add the training augmentation; the test transform is deterministic.
         autoaugment: add AutoAugment (CIFAR10 policy on CIFAR, IMAGENET policy on ImageNet); train only.
         cutout: side of the Cutout square in pixels, 0 for none; train only.
+        cutout_before_normalize: erase to black pixels before ``Normalize`` (the SNN
+            Calibration release's loader) instead of to 0 after it (QCFS's).
 
     Returns:
         A callable mapping one image to a normalised float32 ``[3, S, S]`` tensor.
@@ -123,10 +126,11 @@ def build_transform(dataset: str, *, train: bool, autoaugment: bool = False, cut
         ops = [v2.RandomCrop(size, padding=4), v2.RandomHorizontalFlip()] if train else []
     if train and autoaugment:
         ops.append(v2.AutoAugment(policy))
-    ops += to_float
+    erase: list[Any] = []
     if train and cutout:
         frac = cutout * cutout / (size * size)  # RandomErasing's side = round(sqrt(frac * H * W)) = cutout
-        ops.append(v2.RandomErasing(p=1.0, scale=(frac, frac), ratio=(1.0, 1.0), value=0))
+        erase.append(v2.RandomErasing(p=1.0, scale=(frac, frac), ratio=(1.0, 1.0), value=0))
+    ops += erase + to_float if cutout_before_normalize else to_float + erase
     return v2.Compose(ops)
 
 

@@ -15,6 +15,7 @@ configuration, timings, calibration log) and ``run.yaml``.
 from __future__ import annotations
 
 import argparse
+import copy
 import operator
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ import yaml
 from torch import Tensor, fx, nn
 
 from ftbc._io import write_json, write_text
+from ftbc.calibration_pool import TRANSFORMS, CalibrationPool
 from ftbc.conversion import convert, spiking_layers
 from ftbc.errors import UserError
 from ftbc.method import Method
@@ -142,7 +144,10 @@ def run(
         raise UserError(f"method {method.name} needs a {method.activation!r} ANN, but the checkpoint is "
                         f"{meta.get('act')!r} ({meta.get('arch')}); train one with --act {method.activation}")
     runs = sorted(set(Ts)) if method.t_dependent else [max(Ts)]
+    calib_data = calib_data.for_method(method) if isinstance(calib_data, CalibrationPool) else calib_data
     acc_rows, act_frames, details = [], [], {"runs": []}
+    if isinstance(calib_data, CalibrationPool):
+        details["calibration_data"] = calib_data.describe()
     for T in runs:
         t0 = time.perf_counter()
         try:
@@ -160,9 +165,10 @@ def run(
         act_frames.append(activity.assign(T_run=T))
         details["runs"].append(dict(T=T, convert_calibrate_s=t1 - t0, simulate_s=sim_s, timings=conv.timings,
                                     log=conv.log))
+    transform = calib_data.transform_name if isinstance(calib_data, CalibrationPool) else "given"
     base = dict(dataset=meta.get("dataset"), arch=meta.get("arch"), activation=method.activation,
                 method=method.name, seed=seed, ann_accuracy=ann_accuracy,
-                protocol=protocol(method, holdout is not None))
+                protocol=protocol(method, holdout is not None), calibration_transform=transform)
     accuracy = pd.DataFrame([{**base, **r} for r in acc_rows])
     activity = pd.concat(act_frames, ignore_index=True).assign(method=method.name)
     return accuracy, activity, details
@@ -214,37 +220,73 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--download", action="store_true", help="let torchvision download CIFAR into --data-root")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="calibration seed")
+    p.add_argument("--calibration-transform", choices=TRANSFORMS, default="train",
+                   help="calibration images with the release's training augmentation (train, default) "
+                        "or the test-time transform (test)")
+    p.add_argument("--test-seed", type=int, default=0,
+                   help="seed of the --n-test subset (keep it fixed across a grid; default 0)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a method setting, e.g. ftbc.iterations=5 or channelwise=true")
     p.add_argument("--holdout", type=int, default=0, help="training images held out for logging/selection")
     p.add_argument("--n-test", type=int, default=0, help="evaluate on a fixed subset of this many test images")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader processes decoding test images (default 0)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--mode", choices=("auto", "s", "m"), default="auto", help="execution order")
     p.add_argument("--quiet", action="store_true")
     return p
 
 
-def load_eval_data(dataset: str, root: str, *, download: bool, holdout: int, seed: int, n_test: int,
-                   batch_size: int):
-    """(calibration source, holdout tensors or None, test batches) with test-time transforms."""
+def load_eval_data(dataset: str, root: str, *, download: bool, holdout: int, n_test: int, batch_size: int,
+                   test_seed: int = 0, calibration_transform: str = "train", num_workers: int = 0):
+    """(calibration pool, holdout tensors or None, :class:`TestBatches`).
+
+    The pool is the training split minus the fixed reserve (:mod:`ftbc.calibration_pool`);
+    a held-out slice comes from the reserve, so it never changes the calibration images.
+    The test subset (``n_test > 0``) is drawn with ``test_seed``, one seed for a whole grid,
+    whatever the ANN or calibration seed. Test and held-out images get the test-time transform.
+    """
     from torch.utils.data import Subset
 
-    from ftbc.data import build_transform, holdout_split, load_split
+    from ftbc.calibration_pool import CalibrationPool, holdout_indices
+    from ftbc.data import build_transform, load_split
 
     tf = build_transform(dataset, train=False)
-    train = load_split(dataset, root, "train", transform=tf, download=download)
+    train = load_split(dataset, root, "train", download=download)
     test = load_split(dataset, root, "test", transform=tf, download=download)
-    calib, held = train, None
+    pool = CalibrationPool(train, dataset, transform_name=calibration_transform)
+    held = None
     if holdout:
-        train_idx, hold_idx = holdout_split(len(train), holdout, seed=seed)
-        calib = Subset(train, train_idx)
-        held = _stack(Subset(train, hold_idx))
+        evaluated = copy.copy(train)
+        evaluated.transform = tf
+        held = _stack(Subset(evaluated, holdout_indices(len(train), holdout)))
     if n_test:
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator().manual_seed(test_seed)
         test = Subset(test, torch.randperm(len(test), generator=g)[:n_test].sort().values.tolist())
-    x, y = _stack(test)
-    return calib, held, list(zip(x.split(batch_size), y.split(batch_size)))
+    return pool, held, TestBatches(test, batch_size, num_workers=num_workers)
+
+
+class TestBatches:
+    """The test split as ``(images, labels)`` batches in a fixed order, decoded and transformed
+    batch by batch: evaluation holds one batch in memory, not the split (ImageNet's validation
+    split as one float tensor would be about 30 GB). Iterable any number of times."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, dataset, batch_size: int, *, num_workers: int = 0) -> None:
+        from torch.utils.data import DataLoader
+
+        if len(dataset) == 0:
+            raise UserError("no test images to evaluate")
+        self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                 persistent_workers=num_workers > 0)
+        self.n_images = len(dataset)
+
+    def __iter__(self):
+        return iter(self.loader)
+
+    def __len__(self) -> int:
+        return len(self.loader)
 
 
 def _stack(ds) -> tuple[Tensor, Tensor]:
@@ -270,8 +312,10 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     progress = not args.quiet
     calib, held, test_batches = load_eval_data(meta["dataset"], args.data_root, download=args.download,
-                                               holdout=args.holdout, seed=args.seed, n_test=args.n_test,
-                                               batch_size=args.batch_size)
+                                               holdout=args.holdout, n_test=args.n_test, batch_size=args.batch_size,
+                                               test_seed=args.test_seed,
+                                               calibration_transform=args.calibration_transform,
+                                               num_workers=args.workers)
     ann_acc = evaluate(model, test_batches, args.device)
     accuracy, activity, details = run(model=model, meta=meta, method=method, Ts=Ts, calib_data=calib,
                                       test_batches=test_batches, holdout=held, ann_accuracy=ann_acc,

@@ -30,6 +30,7 @@ class Ann:
     device: str = "cpu"
     L: int | None = None
     y_th: float | None = None
+    checkpoint: str | None = None  # a given, already trained ANN (model.safetensors beside its model.json)
 
     @property
     def act_args(self) -> str:
@@ -53,6 +54,7 @@ class Evaluation:
     method: str
     steps: str
     settings: tuple[tuple[str, Any], ...] = field(default=())
+    calib_seed: int = 0
 
 
 def _entries(config: dict) -> list[dict]:
@@ -63,10 +65,19 @@ def anns(config: dict) -> list[Ann]:
     """Every ANN of the grid, each once; two entries asking for the same one differently is an error."""
     out: dict[tuple, Ann] = {}
     for e in _entries(config):
+        given = e.get("checkpoints") or {}
+        extra = sorted(set(given) - set(e["activations"]))
+        if extra:
+            raise UserError(f"{e['dataset']}/{e['arch']}: checkpoints given for {', '.join(extra)}, "
+                            f"which the entry's activations do not list")
+        if given and len(e.get("seeds", [0])) > 1:
+            raise UserError(f"{e['dataset']}/{e['arch']}: a given checkpoint is one trained ANN; "
+                            f"list one seed (the seed it was trained with)")
         for act in e["activations"]:
             for seed in e.get("seeds", [0]):
                 ann = Ann(e["dataset"], e["arch"], act, int(seed), e["recipe"], e.get("epochs"),
-                          e.get("device", config.get("device", "cpu")), e.get("L"), e.get("y_th"))
+                          e.get("device", config.get("device", "cpu")), e.get("L"), e.get("y_th"),
+                          given.get(act))
                 if ann.key in out and out[ann.key] != ann:
                     raise UserError(f"the grid trains {'/'.join(map(str, ann.key))} twice with different "
                                     "settings; give each (dataset, arch, activation, seed) one entry")
@@ -103,6 +114,12 @@ def settings_for(config: dict, method: str) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted((config.get("method_settings") or {}).get(method, {}).items()))
 
 
+def calibration_seeds(config: dict) -> list[int]:
+    """Seeds of the calibration draws, crossed with every ANN seed (SNN Calibration's protocol:
+    several calibration seeds on one ANN); the tables average over both."""
+    return list((config.get("evaluation") or {}).get("calibration_seeds", [0]))
+
+
 def evaluations(config: dict) -> list[Evaluation]:
     """Every evaluation job: methods matched to the ANNs of their activation."""
     Ts = sorted(set(int(t) for t in config["T"]))
@@ -117,29 +134,35 @@ def evaluations(config: dict) -> list[Evaluation]:
             for seed in e.get("seeds", [0]):
                 ann = by_key[(e["dataset"], e["arch"], m.activation, int(seed))]
                 steps = [str(T) for T in Ts] if m.t_dependent else [f"1-{Ts[-1]}"]
-                jobs += [Evaluation(ann, name, s, settings) for s in steps]
+                jobs += [Evaluation(ann, name, s, settings, int(c)) for c in calibration_seeds(config)
+                         for s in steps]
     return jobs
 
 
 # -- paths (the rules use the same patterns with wildcards) ---------------------------------
 
 ANN_DIR = "{work}/ann/{dataset}/{arch}/{act}/seed{seed}"
-EVAL_DIR = "{work}/snn/{dataset}/{arch}/seed{seed}/{method}/T{steps}"
+EVAL_DIR = "{work}/snn/{dataset}/{arch}/seed{seed}/{method}/cal{calib_seed}/T{steps}"
 
 
 def ann_dir(config: dict, ann: Ann) -> str:
     return ANN_DIR.format(work=config["workdir"], dataset=ann.dataset, arch=ann.arch, act=ann.act, seed=ann.seed)
 
 
+def checkpoint_path(config: dict, ann: Ann) -> str:
+    """The ANN's weights: the given checkpoint, or where the training rule writes them."""
+    return ann.checkpoint or f"{ann_dir(config, ann)}/model.safetensors"
+
+
 def eval_dir(config: dict, ev: Evaluation) -> str:
     a = ev.ann
     return EVAL_DIR.format(work=config["workdir"], dataset=a.dataset, arch=a.arch, seed=a.seed,
-                           method=ev.method, steps=ev.steps)
+                           method=ev.method, calib_seed=ev.calib_seed, steps=ev.steps)
 
 
-def evaluation_key(ev: Evaluation) -> tuple[str, str, int, str, str]:
-    """How the rules' wildcards name an evaluation: (dataset, arch, seed, method, steps)."""
-    return (ev.ann.dataset, ev.ann.arch, ev.ann.seed, ev.method, ev.steps)
+def evaluation_key(ev: Evaluation) -> tuple[str, str, int, str, int, str]:
+    """How the rules' wildcards name an evaluation: (dataset, arch, seed, method, cseed, steps)."""
+    return (ev.ann.dataset, ev.ann.arch, ev.ann.seed, ev.method, ev.calib_seed, ev.steps)
 
 
 def data_root(config: dict, dataset: str) -> str:

@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from ftbc.calibration_pool import CROP_FLIP
 from ftbc.thresholds import RULES, T_DEPENDENT_RULES
 
 ACTIVATIONS = ("relu", "qcfs", "clip")
@@ -37,10 +38,23 @@ class Method:
         percentile: for the 'percentile' rule.
         threshold_positions: search the 'mse' rule on at most this many positions per
             channel and batch (None: all, as the release; a CPU shortcut otherwise).
-        threshold_batches, threshold_batch_size: calibration images used to pick thresholds.
+        threshold_batches, threshold_batch_size: calibration images used to pick thresholds
+            (``threshold_batches=None``: every image of the calibration pool once, as the
+            RTS release's pass over its whole training loader).
         v0: initial membrane potential as a fraction of theta (QCFS: 0.5).
         shift: add theta / (2T) at every step (RTS, SNNC).
+        shift_after_add: with ``shift``, whether neurons whose input current is a
+            residual addition (the activation's argument in the traced graph is an
+            ``add`` of the main path and the shortcut) get the shift too. True
+            (the default) shifts every neuron, as SNN Calibration does; RTS and
+            the FTBC variant built on it set False, because the RTS release
+            shifts only the current of its convolution / linear spike layers and
+            integrates the sum of a residual block's two branches unshifted.
         spiking_classifier: make the last layer spiking too (RTS), theta = max logit.
+        calibration_augmentation: what the release's training loader applies to the
+            calibration images under the ``'train'`` calibration transform
+            (``{crop, flip, autoaugment, cutout}`` as in a recipe; see
+            :mod:`ftbc.calibration_pool`).
         stages: calibration stages, in order.
         dataset_overrides: per dataset, settings in :meth:`with_overrides` form
             (the releases tune FTBC per dataset).
@@ -55,11 +69,13 @@ class Method:
     channelwise: bool = False
     percentile: float = 99.99
     threshold_positions: int | None = None
-    threshold_batches: int = 7
+    threshold_batches: int | None = 7
     threshold_batch_size: int = 128
     v0: float = 0.0
     shift: bool = False
+    shift_after_add: bool = True
     spiking_classifier: bool = False
+    calibration_augmentation: Mapping[str, Any] = field(default_factory=lambda: dict(CROP_FLIP))
     stages: tuple[Stage, ...] = ()
     dataset_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     summary: str = ""

@@ -75,6 +75,9 @@ def channel_view(p: Tensor, ndim: int) -> Tensor:
 # Called with the layer's input current [T, N, ...] before it fires; may return the layer's
 # outputs under its updated parameters (then the layer does not rerun its steps).
 CalibrationHook = Callable[["IFNeuron", Tensor], "Tensor | None"]
+# Single-step mode: called with step t's input [N, ...] and t instead of the plain step; it must
+# advance the membrane ``neuron.v`` in place and return the step's output theta * s.
+StepHook = Callable[["IFNeuron", Tensor, int], Tensor]
 
 
 class IFNeuron(nn.Module):
@@ -95,6 +98,7 @@ class IFNeuron(nn.Module):
         self.step_mode = "s"
         self.n_steps = 1  # T, used in multi-step mode
         self.calibration_hook: CalibrationHook | None = None
+        self.step_hook: StepHook | None = None
         self.record = False
         self.spike_counts: Tensor | None = None  # [T] spikes summed over batch and neurons
         self.step_fn: Callable[..., Tensor] = if_step_  # ftbc.accel may swap in a compiled, bit-equal step
@@ -149,7 +153,10 @@ class IFNeuron(nn.Module):
         x = exact(x)
         if self.v is None:
             self.v = self.initial_membrane(x)
-        out = self.step_fn(self.v, self.drive(x, self.t), self.theta(x.dim()).to(x.dtype))
+        if self.step_hook is not None:
+            out = self.step_hook(self, x, self.t)
+        else:
+            out = self.step_fn(self.v, self.drive(x, self.t), self.theta(x.dim()).to(x.dtype))
         if self.record:
             self._count(self.t, out.count_nonzero())
         self.t += 1

@@ -25,10 +25,12 @@ DEFAULT_METHODS = "maxnorm,opi,ftbc_relu"
 # ReLU nets on a GPU; here a calibration larger than CPU_FTBC_IMAGES images per T
 # runs 4 iterations x 2 batches instead (the RTS and QCFS release settings are
 # already smaller and run as published). SNNC's MSE threshold search runs on
-# 16,384 positions per channel and batch. Both are recorded in each result.json.
+# 16,384 positions per channel and batch; RTS's maxima come from 40 batches of 128
+# instead of every training image. All are recorded in each result.json.
 CPU_FTBC_IMAGES = 4096
 CPU_FTBC = {"ftbc.iterations": 4, "ftbc.batches": 2}
 CPU_MSE_POSITIONS = 16384
+CPU_THRESHOLD_BATCHES = 40
 
 
 def cpu_budget(method: Method, ftbc_iterations: int = CPU_FTBC["ftbc.iterations"]) -> Method:
@@ -41,6 +43,8 @@ def cpu_budget(method: Method, ftbc_iterations: int = CPU_FTBC["ftbc.iterations"
             changes.update({**CPU_FTBC, "ftbc.iterations": ftbc_iterations})
     if method.threshold == "mse":
         changes["threshold_positions"] = CPU_MSE_POSITIONS
+    if method.threshold_batches is None:  # a pass over the whole training set
+        changes["threshold_batches"] = CPU_THRESHOLD_BATCHES
     return method.with_overrides(changes)
 
 
@@ -96,7 +100,7 @@ def main(args: argparse.Namespace) -> int:
                   download=args.download, progress=progress)
             models[act] = load_model(ckpt, device=args.device)
     calib, held, test_batches = load_eval_data("cifar10", args.data_root, download=args.download, holdout=0,
-                                               seed=args.seed, n_test=args.n_test, batch_size=256)
+                                               n_test=args.n_test, batch_size=256)
     frames = []
     for method in methods:
         model, meta = models[method.activation]

@@ -21,6 +21,13 @@ Keys (all required in a file):
     warmup_epochs   int >= 0 (linear warm-up inside the schedule's epochs)
     label_smoothing float in [0, 1)
     augmentation    {crop: bool, flip: bool, autoaugment: bool, cutout: int >= 0}
+
+Optional:
+
+    decay_all_parameters  bool, default false: weight decay on every parameter, as the
+                    SNN Calibration, QCFS and RTS releases do (``SGD(model.parameters(),
+                    weight_decay=...)``: biases, BN and QCFS's lambda shrink too); false
+                    keeps timm's rule (no decay for parameters with ndim <= 1)
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ OPTIMIZERS = ("momentum", "sgd")
 SCHEDULES = ("cosine", "step")
 AUGMENTATION_KEYS = ("crop", "flip", "autoaugment", "cutout")
 _STR_KEYS = ("description", "source")
+OPTIONAL_KEYS = {"decay_all_parameters": False}
 
 
 class RecipeError(UserError):
@@ -86,7 +94,7 @@ def validate_recipe(raw: dict[str, Any], *, where: str = "recipe") -> dict[str, 
         "epochs", "batch_size", "opt", "lr", "momentum", "weight_decay", "schedule",
         "milestones", "gamma", "warmup_epochs", "label_smoothing", "augmentation",
     }
-    missing, unknown = sorted(expected - raw.keys()), sorted(raw.keys() - expected)
+    missing, unknown = sorted(expected - raw.keys()), sorted(raw.keys() - expected - set(OPTIONAL_KEYS))
     if missing or unknown:
         parts = ([f"missing {', '.join(missing)}"] if missing else []) + ([f"unknown {', '.join(unknown)}"] if unknown else [])
         raise RecipeError(f"{where}: {'; '.join(parts)}")
@@ -110,6 +118,9 @@ def validate_recipe(raw: dict[str, Any], *, where: str = "recipe") -> dict[str, 
     if out["schedule"] == "step" and not ms:
         raise RecipeError(f"{where}: schedule 'step' needs milestones")
     out["milestones"] = list(ms)
+    out["decay_all_parameters"] = raw.get("decay_all_parameters", OPTIONAL_KEYS["decay_all_parameters"])
+    if not isinstance(out["decay_all_parameters"], bool):
+        raise RecipeError(f"{where}: decay_all_parameters must be true or false, got {out['decay_all_parameters']!r}")
 
     aug = raw["augmentation"]
     if not isinstance(aug, dict) or set(aug) != set(AUGMENTATION_KEYS):

@@ -142,7 +142,7 @@ def budgeted(method, *, n_train: int, ftbc_images: int, wc_iterations: int, mse_
     recorded with the method in ``timings.json``.
     """
     changes: dict[str, Any] = {}
-    if method.threshold_batches * method.threshold_batch_size > n_train:
+    if method.threshold_batches is not None and method.threshold_batches * method.threshold_batch_size > n_train:
         bs = min(method.threshold_batch_size, n_train)
         changes.update(threshold_batch_size=bs, threshold_batches=min(method.threshold_batches, n_train // bs))
     if method.threshold == "mse" and mse_positions is not None:
@@ -293,7 +293,7 @@ def _run(args, setting, clock, device, budget, T_max, T_dep, out, work) -> int:
                                   deadline=train_deadline, clock=clock, device=device, seed=args.seed,
                                   epochs_cap=args.epochs or setting["epochs"])
     t0 = clock()
-    calib, _, test_batches = load_eval_data("cifar10", str(root), download=False, holdout=0, seed=args.seed,
+    calib, _, test_batches = load_eval_data("cifar10", str(root), download=False, holdout=0,
                                             n_test=0, batch_size=1000 if device != "cpu" else 250)
     models = {}
     for act in acts:

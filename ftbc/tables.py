@@ -25,7 +25,8 @@ import yaml
 from ftbc._io import write_text
 from ftbc.errors import UserError
 
-KEYS = ["dataset", "arch", "activation", "method", "seed"]
+# seed: the calibration seed; ann_seed: the seed the ANN was trained with (a grid may vary both)
+KEYS = ["dataset", "arch", "activation", "method", "ann_seed", "seed"]
 # The suite's lineage-exact model names -> how the published tables name them (first match wins).
 PUBLISHED_ARCH: dict[str, list[str]] = {
     "vgg16_snnc": ["vgg16"], "vgg16_qcfs": ["vgg16"], "vgg16_rts": ["vgg16_rts", "vgg16"],
@@ -77,13 +78,15 @@ def collect_accuracy(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
         acc["recipe"] = (ckpt.get("recipe") or {}).get("name")
         acc["ann_commit"] = ckpt.get("git_commit")
         acc["n_test"] = res.get("config", {}).get("n_test") or None
+        if "calibration_transform" not in acc:  # results written before the setting existed: test transform
+            acc["calibration_transform"] = "test"
         acc["run_dir"] = str(d)
         frames.append(acc)
     if not frames:
         raise UserError("no evaluation results given")
     df = pd.concat(frames, ignore_index=True)
-    cols = KEYS + ["T", "accuracy", "ann_accuracy", "protocol", "T_run", "calibrate_s", "simulate_s",
-                   "ann_seed", "recipe", "ann_commit", "n_test", "run_dir"]
+    cols = KEYS + ["T", "accuracy", "ann_accuracy", "protocol", "calibration_transform", "T_run", "calibrate_s",
+                   "simulate_s", "recipe", "ann_commit", "n_test", "run_dir"]
     return df[cols].sort_values(KEYS + ["T"], kind="stable").reset_index(drop=True)
 
 
@@ -93,7 +96,7 @@ def collect_spikes(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
     for _, res, ckpt, act in _each_run(run_dirs, "activity.csv"):
         t_dependent = bool(res.get("method", {}).get("t_dependent"))
         base = dict(dataset=ckpt.get("dataset"), arch=ckpt.get("arch"), activation=ckpt.get("act"),
-                    method=res["method"]["name"], seed=res.get("config", {}).get("seed", 0))
+                    method=res["method"]["name"], ann_seed=ckpt.get("seed"), seed=res.get("config", {}).get("seed", 0))
         for (T_run, layer), g in act.groupby(["T_run", "layer"], sort=False):
             g = g.sort_values("t")
             cum = g[["spikes_per_image", "synops_per_image"]].cumsum()
@@ -111,7 +114,7 @@ def spikes_per_image(spikes: pd.DataFrame) -> pd.DataFrame:
     """All layers summed: spikes and synaptic operations per image at each T, per run."""
     if spikes.empty:
         return pd.DataFrame(columns=KEYS + ["T", "spikes_per_image", "synops_per_image"])
-    return spikes.groupby(KEYS + ["T"], as_index=False)[["spikes_per_image", "synops_per_image"]].sum()
+    return spikes.groupby(KEYS + ["T"], as_index=False, dropna=False)[["spikes_per_image", "synops_per_image"]].sum()
 
 
 def load_published(path: str | Path) -> pd.DataFrame:
@@ -141,14 +144,19 @@ def match_published(acc: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
 # -- paper-style tables ------------------------------------------------------------------
 
 def summarize(acc: pd.DataFrame, published: pd.DataFrame, spikes: pd.DataFrame, Ts: list[int]) -> pd.DataFrame:
-    """Mean and std over seeds per (dataset, arch, method, T), with the published figure and spikes."""
+    """Mean and std over every run (ANN seeds x calibration seeds) per (dataset, arch, method, T),
+    with the published figure and spikes; ``runs`` counts them."""
     acc = acc[acc["T"].isin(Ts)]
     g = acc.groupby(["dataset", "arch", "activation", "method", "T"])
-    s = g.agg(mean=("accuracy", "mean"), std=("accuracy", "std"), seeds=("seed", "nunique"),
+    s = g.agg(mean=("accuracy", "mean"), std=("accuracy", "std"), runs=("accuracy", "size"),
               ann=("ann_accuracy", "mean"), ann_std=("ann_accuracy", "std"), protocol=("protocol", "first"),
               calibrate_s=("calibrate_s", "mean")).reset_index()
     s = s.merge(match_published(acc, published), on=["dataset", "arch", "method", "T"], how="left")
     s["diff"] = s["mean"] - s["published"]
+    # conversion gaps (ANN - SNN): what a method loses, comparable across ANNs of different accuracy
+    s["gap"] = s["ann"] - s["mean"]
+    s["published_gap"] = s["published_ann"] - s["published"]
+    s["gap_diff"] = s["gap"] - s["published_gap"]
     sp = spikes_per_image(spikes).groupby(["dataset", "arch", "method", "T"], as_index=False)["synops_per_image"]
     return s.merge(sp.mean(), on=["dataset", "arch", "method", "T"], how="left")
 
@@ -180,6 +188,22 @@ def paper_table(summary: pd.DataFrame, dataset: str, *, latex: bool = False) -> 
         row[f"SynOps/img at T={tmax} (M)"] = f"{synops / 1e6:.1f}" if pd.notna(synops) else "–"
         row["calibration"] = g["protocol"].iloc[0]
         rows.append(row)
+    return pd.DataFrame(rows).set_index(["arch", "method"])
+
+
+def gap_table(summary: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Rows: (arch, method); per T: our accuracy, the published one, our conversion gap
+    (ANN - SNN), the published gap and the difference of the two gaps; and the mean
+    calibration wall time per run (seconds)."""
+    s = summary[summary["dataset"] == dataset]
+    fmt = lambda v: f"{v:.2f}" if pd.notna(v) else "–"  # noqa: E731
+    rows = []
+    for (arch, method), g in s.groupby(["arch", "method"], sort=True):
+        for r in g.sort_values("T").itertuples():
+            rows.append({"arch": arch, "method": method, "T": int(r.T), "ours": fmt(r.mean),
+                         "published": fmt(r.published), "ANN": fmt(r.ann), "published ANN": fmt(r.published_ann),
+                         "gap": fmt(r.gap), "published gap": fmt(r.published_gap),
+                         "gap - published gap": fmt(r.gap_diff), "calibration s": f"{r.calibrate_s:.0f}"})
     return pd.DataFrame(rows).set_index(["arch", "method"])
 
 
@@ -237,6 +261,9 @@ def main(args: argparse.Namespace) -> int:
                    "(difference); SynOps in millions per image.")
         write_text(out / f"{dataset}.md", f"{caption}\n\n" + to_markdown(paper_table(summary, dataset)))
         write_text(out / f"{dataset}.tex", to_latex(paper_table(summary, dataset, latex=True), caption))
+        write_text(out / f"{dataset}_gaps.md",
+                   "Conversion gap (ANN - SNN, points) against the published gap at each T; calibration "
+                   "wall time per run.\n\n" + to_markdown(gap_table(summary, dataset)))
         plot_accuracy_vs_T(acc, published, dataset, figures)
     plot_iterations([_run_dir(r) for r in args.runs], figures / "ftbc_iterations.png")
     write_text(out / "run.yaml", yaml.safe_dump({**vars(args), "runs": len(args.runs)}, sort_keys=False))

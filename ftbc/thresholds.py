@@ -10,6 +10,15 @@ releases do) or a running maximum.
 - ``mse``: SNN Calibration's search: theta in {max * (1 - 0.01 k), k = 0..94}
   minimising || a - theta * clip(floor(a T / theta) / T, 0, 1) ||^2. Depends on T.
 - ``lambda``: the trained clipping level of a QCFS activation (theta = lambda).
+
+Channel-wise thresholds (``channelwise=True``) apply to 4-D activations only,
+the outputs of convolutions [N, C, H, W]; a linear layer's [N, F] output keeps
+one threshold per layer. This is the SNN Calibration release's rule for its MSE
+search (``channel_wise and tensor.dim() == 4``) and the suite applies it to every
+rule (:func:`channelwise_for`). For ``max`` and ``percentile`` the channel-wise
+variant itself is the suite's: the release's max and percentile paths are always
+per layer (``maxnorm`` and ``snnc_none`` use them so). ``lambda`` has one value
+per layer anyway; channel-wise it is repeated over a convolution's channels.
 """
 
 from __future__ import annotations
@@ -21,6 +30,11 @@ from torch import Tensor, nn
 
 MSE_GRID = 95  # k = 0..94
 MSE_STEP = 0.01
+
+
+def channelwise_for(a: Tensor, channelwise: bool) -> bool:
+    """Whether ``a`` gets one threshold per channel: asked for, and a convolution's 4-D output."""
+    return bool(channelwise) and a.dim() == 4
 
 
 def per_channel(a: Tensor) -> Tensor:
@@ -59,11 +73,12 @@ def _scaled_error(a: Tensor, theta: Tensor, T: int, buf: Tensor) -> Tensor:
 
 
 def mse_search(a: Tensor, T: int, *, channelwise: bool, max_positions: int | None = None) -> Tensor:
-    """SNNC's grid search; returns the minimiser (scalar, or [C] if channel-wise).
+    """SNNC's grid search; returns the minimiser (scalar, or [C] if channel-wise and ``a`` is 4-D).
 
     ``max_positions`` (None: all, as the release) searches on a fixed random subset
     of that many positions per row: a CPU shortcut, recorded with the method.
     """
+    channelwise = channelwise_for(a, channelwise)  # the release: channel-wise only for 4-D activations
     rows = per_channel(a) if channelwise else a.reshape(1, -1)
     rows = rows.float()
     if max_positions and rows.shape[1] > max_positions:
@@ -113,4 +128,6 @@ def batch_threshold(rule: str, a: Tensor, **kwargs) -> Tensor:
         fn = RULES[rule]
     except KeyError:
         raise ValueError(f"unknown threshold rule {rule!r}; choose from {sorted(RULES)}") from None
+    if "channelwise" in kwargs:
+        kwargs["channelwise"] = channelwise_for(a, kwargs["channelwise"])
     return fn(a.detach(), **kwargs)

@@ -56,7 +56,18 @@ from ftbc.recipes import load_recipe, validate_recipe
 ACTS = ("relu", "qcfs", "clip")
 # Clip level of RTS's clipped ReLU by dataset (METHODS.md section 4).
 DEFAULT_Y_TH = {"cifar10": 1.0, "cifar100": 2.0, "imagenet": 3.0}
-DEFAULT_L = 4  # QCFS on CIFAR (METHODS.md section 3); ImageNet uses 8 or 16
+# QCFS quantisation steps L by (dataset, architecture family), the releases' values (METHODS.md
+# section 3): 4 on CIFAR-10/100 (QCFS README, main_train.py -L=4); on ImageNet 8 for ResNet-34 and
+# 16 for VGG-16 (FTBC release, QCFS/ANN_SNN_QCFS/run_scripts/imagenet_cali.sh). The family is the
+# model name up to its first "_" (resnet34_qcfs -> resnet34, vgg16_imagenet -> vgg16); "*" is any.
+# A combination no release trained falls back to DEFAULT_L; --L overrides the table.
+QCFS_L: dict[tuple[str, str], int] = {
+    ("cifar10", "*"): 4,
+    ("cifar100", "*"): 4,
+    ("imagenet", "resnet34"): 8,
+    ("imagenet", "vgg16"): 16,
+}
+DEFAULT_L = 4  # no release value (QCFS's CIFAR setting)
 DEFAULT_INIT_LAMBDA = 8.0
 CHECKPOINT_NAME = "model.safetensors"
 
@@ -67,15 +78,16 @@ CHECKPOINT_NAME = "model.safetensors"
 def create_optimizer(model: nn.Module, recipe: dict) -> torch.optim.Optimizer:
     """SGD from timm's factory: ``opt='momentum'`` is plain heavy-ball SGD (the releases'), 'sgd' is Nesterov.
 
-    Weight decay: timm's default ``filter_bias_and_bn=True`` puts every
-    parameter with ndim <= 1 (biases, BN affine and the QCFS scalar ``lam``) in
-    a group without weight decay. This departs from the QCFS release, whose
-    weight decay covers every parameter and so also shrinks lambda; the suite
-    keeps timm's rule for all lineages and records it as
-    ``weight_decay_excludes`` in the checkpoint metadata.
+    Weight decay: with the recipe's ``decay_all_parameters`` (the release
+    recipes) it covers every parameter, as the releases' ``SGD(model.parameters(),
+    weight_decay=...)`` does, so biases, BN and QCFS's ``lam`` shrink too, which
+    moves the learned lambdas and with them the conversion gap. Without it,
+    timm's rule leaves parameters with ndim <= 1 undecayed. The checkpoint's
+    ``weight_decay_excludes`` records which.
     """
     return create_optimizer_v2(model, opt=recipe["opt"], lr=recipe["lr"], weight_decay=recipe["weight_decay"],
-                               momentum=recipe["momentum"], filter_bias_and_bn=True)
+                               momentum=recipe["momentum"],
+                               filter_bias_and_bn=not recipe.get("decay_all_parameters", False))
 
 
 def create_scheduler(optimizer: torch.optim.Optimizer, recipe: dict, epochs: int):
@@ -188,9 +200,22 @@ def evaluate(model: nn.Module, loader: Iterable, device, *, desc: str = "eval", 
 # ---------------------------------------------------------------- run
 
 
-def resolve_act_kwargs(act: str, dataset: str, *, L: int | None = None, init_lambda: float | None = None,
-                       y_th: float | None = None) -> dict[str, Any]:
-    """The activation's settings with defaults filled in; a setting for another activation is an error."""
+def qcfs_levels(dataset: str, arch: str | None = None) -> int:
+    """QCFS's L for ``dataset`` and model ``arch`` from :data:`QCFS_L` (:data:`DEFAULT_L` where it has none)."""
+    name = ftbc_data.dataset_info(dataset).name
+    family = arch.split("_", 1)[0] if arch else None
+    for key in ((name, family), (name, "*")):
+        if key in QCFS_L:
+            return QCFS_L[key]
+    return DEFAULT_L
+
+
+def resolve_act_kwargs(act: str, dataset: str, *, arch: str | None = None, L: int | None = None,
+                       init_lambda: float | None = None, y_th: float | None = None) -> dict[str, Any]:
+    """The activation's settings with defaults filled in; a setting for another activation is an error.
+
+    QCFS's default L depends on the dataset and the architecture (:data:`QCFS_L`); an explicit ``L`` wins.
+    """
     if act not in ACTS:
         raise TrainingError(f"unknown activation {act!r} (choose from {', '.join(ACTS)})")
     given = {"--L": L, "--init-lambda": init_lambda, "--y-th": y_th}
@@ -199,7 +224,7 @@ def resolve_act_kwargs(act: str, dataset: str, *, L: int | None = None, init_lam
     if wrong:
         raise TrainingError(f"{', '.join(wrong)} does not apply to --act {act}")
     if act == "qcfs":
-        L = DEFAULT_L if L is None else L
+        L = qcfs_levels(dataset, arch) if L is None else L
         init_lambda = DEFAULT_INIT_LAMBDA if init_lambda is None else init_lambda
         if int(L) != L or L < 1 or not init_lambda > 0:
             raise TrainingError(f"QCFS needs an integer L >= 1 and init_lambda > 0, got L={L}, init_lambda={init_lambda}")
@@ -303,7 +328,7 @@ def train(*, dataset: str, data_root, arch: str, act: str = "relu", act_kwargs: 
     t0, c0 = time.perf_counter(), time.process_time()
     recipe = apply_overrides(load_recipe(recipe) if isinstance(recipe, (str, Path)) else recipe, epochs=epochs)
     info = ftbc_data.dataset_info(dataset)  # DataError (a UserError) for an unknown name
-    act_kwargs = {**resolve_act_kwargs(act, info.name), **(act_kwargs or {})}  # record the defaults too
+    act_kwargs = {**resolve_act_kwargs(act, info.name, arch=arch), **(act_kwargs or {})}  # record the defaults too
     if time_budget_s is not None and not time_budget_s > 0:
         raise TrainingError(f"--time-budget must be > 0 seconds, got {time_budget_s}")
     dataset, out = info.name, Path(out)
@@ -462,7 +487,9 @@ def _deterministic(enabled: bool) -> Iterator[None]:
 def _write_outputs(model: nn.Module, out: Path, config: dict, metrics: dict) -> None:
     meta = {
         **config, "format": "ftbc.ann.v1", "metrics": metrics, **activation_values(model),
-        "weight_decay_excludes": "parameters with ndim <= 1 (biases, BN, QCFS lambda): timm filter_bias_and_bn",
+        "weight_decay_excludes": ("nothing (every parameter decays, as the releases)"
+                                  if config["recipe"].get("decay_all_parameters") else
+                                  "parameters with ndim <= 1 (biases, BN, QCFS lambda): timm filter_bias_and_bn"),
         "torch_version": torch.__version__, "timm_version": timm.__version__, "python": sys.version.split()[0],
         "num_threads": torch.get_num_threads(), "git_commit": git_commit(),
     }
@@ -536,7 +563,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--arch", required=True, help="model name (ftbc.models.list_models())")
     g.add_argument("--act", default="relu", choices=ACTS, help="activation (default relu)")
-    g.add_argument("--L", type=int, default=None, help=f"QCFS quantisation steps (default {DEFAULT_L})")
+    g.add_argument("--L", type=int, default=None,
+                   help="QCFS quantisation steps (default by dataset and arch: 4 CIFAR, 8 ImageNet ResNet-34, "
+                        "16 ImageNet VGG-16)")
     g.add_argument("--init-lambda", type=float, default=None,
                    help=f"QCFS initial lambda (default {DEFAULT_INIT_LAMBDA})")
     g.add_argument("--y-th", type=float, default=None,
@@ -571,7 +600,8 @@ def main(args: argparse.Namespace) -> int:
     if args.holdout < 0:
         raise TrainingError(f"--holdout must be >= 0, got {args.holdout}")
     recipe = apply_overrides(load_recipe(args.recipe), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
-    act_kwargs = resolve_act_kwargs(args.act, args.dataset, L=args.L, init_lambda=args.init_lambda, y_th=args.y_th)
+    act_kwargs = resolve_act_kwargs(args.act, args.dataset, arch=args.arch, L=args.L, init_lambda=args.init_lambda,
+                                    y_th=args.y_th)
     metrics = train(dataset=args.dataset, data_root=args.data_root, arch=args.arch, act=args.act,
                     act_kwargs=act_kwargs, recipe=recipe, seed=args.seed, out=args.out, device=args.device,
                     num_workers=args.workers, download=args.download, holdout=args.holdout,

@@ -134,11 +134,12 @@ def test_weight_calibration_lowers_the_layer_loss():
 
 
 def test_quantise_has_straight_through_gradient():
-    z = torch.tensor([-0.5, 0.3, 0.77, 2.0], requires_grad=True)
+    """The release clamps, then floors: the gradient flows in the lowest step (z = 0.1) too."""
+    z = torch.tensor([-0.5, 0.1, 0.3, 0.77, 2.0], requires_grad=True)
     q = quantise(z, torch.tensor(1.0), 4)
-    assert q.tolist() == [0.0, 0.25, 0.75, 1.0]
+    assert q.tolist() == [0.0, 0.0, 0.25, 0.75, 1.0]
     q.sum().backward()
-    assert z.grad.tolist() == [0.0, 1.0, 1.0, 0.0]
+    assert z.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
 
 
 # -- QCFS -------------------------------------------------------------------------------

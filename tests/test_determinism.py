@@ -113,7 +113,7 @@ def test_another_seed_gives_other_weights(runs: dict[str, Path]) -> None:
 @pytest.fixture(scope="module")
 def eval_data(tree: Path):
     """(calibration split, test batches) exactly as ``ftbc evaluate`` loads them."""
-    calib, _, test_batches = load_eval_data("cifar10", str(tree), download=False, holdout=0, seed=0, n_test=0,
+    calib, _, test_batches = load_eval_data("cifar10", str(tree), download=False, holdout=0, n_test=0,
                                             batch_size=BATCH)
     return calib, test_batches
 

@@ -27,7 +27,7 @@ def train_small(root, tmp_path_factory, act: str, epochs: int):
 
 @pytest.fixture(scope="module")
 def data(cifar10_root):
-    calib, _, test = load_eval_data("cifar10", cifar10_root, download=False, holdout=0, seed=0,
+    calib, _, test = load_eval_data("cifar10", cifar10_root, download=False, holdout=0,
                                     n_test=N_TEST, batch_size=250)
     return calib, test
 

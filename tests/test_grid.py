@@ -115,7 +115,36 @@ def test_prepare_names_what_is_wrong(tmp_path):
 
 
 def test_shipped_configs_load_into_a_grid():
-    for name in ("config.yaml", "smoke.yaml", "paper.yaml"):
+    for name in ("config.yaml", "smoke.yaml", "paper.yaml", "cifar10-resnet20.yaml"):
         c = yaml.safe_load(open(f"config/{name}"))
         c.setdefault("workdir", "runs/x")
         assert grid.evaluations(c), name
+
+
+def test_given_checkpoints_replace_training_for_their_activation():
+    c = _config(methods=["maxnorm", "qcfs"])
+    c["anns"][0].update(seeds=[0], checkpoints={"qcfs": "results/some/qcfs/model.safetensors"})
+    by_act = {a.act: a for a in grid.anns(c)}
+    assert grid.checkpoint_path(c, by_act["qcfs"]) == "results/some/qcfs/model.safetensors"
+    assert grid.checkpoint_path(c, by_act["relu"]) == f"{grid.ann_dir(c, by_act['relu'])}/model.safetensors"
+    assert {ev.method for ev in grid.evaluations(c) if ev.ann.checkpoint} == {"qcfs"}
+    bad = _config()
+    bad["anns"][0].update(seeds=[0], checkpoints={"clip": "x.safetensors"})
+    with pytest.raises(UserError, match="do not list"):
+        grid.anns(bad)
+    two = _config()
+    two["anns"][0].update(seeds=[0, 1], checkpoints={"relu": "x.safetensors"})
+    with pytest.raises(UserError, match="one seed"):
+        grid.anns(two)
+
+
+def test_calibration_seeds_cross_the_ann_seeds_and_name_their_folders():
+    c = _config(methods=["snnc_light"], evaluation={"calibration_seeds": [3, 4]})
+    jobs = grid.evaluations(c)
+    assert sorted({(ev.ann.seed, ev.calib_seed) for ev in jobs}) == [(0, 3), (0, 4), (1, 3), (1, 4)]
+    assert len(jobs) == 2 * 2 * 3  # ANN seeds x calibration seeds x T
+    dirs = {grid.eval_dir(c, ev) for ev in jobs}
+    assert len(dirs) == len(jobs) and "w/snn/cifar10/vgg_small/seed1/snnc_light/cal4/T2" in dirs
+    keys = {grid.evaluation_key(ev) for ev in jobs}
+    assert ("cifar10", "vgg_small", 1, "snnc_light", 4, "2") in keys
+    assert {ev.calib_seed for ev in grid.evaluations(_config(methods=["snnc_light"]))} == {0}

@@ -51,9 +51,9 @@ def test_imagenet_train_convert_calibrate_simulate(imagenet_tree, tmp_path, arch
     assert meta["num_classes"] == 1000 and len(metrics["train_loss"]) == 1
     model, meta = load_model(out)
 
-    calib, _, test = load_eval_data("imagenet", str(imagenet_tree), download=False, holdout=0, seed=0, n_test=0,
+    calib, _, test = load_eval_data("imagenet", str(imagenet_tree), download=False, holdout=0, n_test=0,
                                     batch_size=2)
-    assert test[0][0].shape == (2, 3, 224, 224)  # resize 256 / centre crop 224
+    assert next(iter(test))[0].shape == (2, 3, 224, 224)  # resize 256 / centre crop 224
     ann_acc = evaluate(model, test, "cpu")
     assert ann_acc == metrics["test_acc"]
     method, changes = budgeted(get_method(method_name, "imagenet"), n_train=2, ftbc_images=2, wc_iterations=1,

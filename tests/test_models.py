@@ -18,8 +18,9 @@ from ftbc.models import ACTIVATIONS, ClipReLU, QCFS, create_model, get_act_layer
 from ftbc.models.resnet import BasicBlock
 
 # Per model, counted from METHODS.md section 7 by hand: activation sites,
-# Conv2d layers (shortcut projections included), BatchNorm or not, AvgPool2d
-# layers (AdaptiveAvgPool2d not counted), input size.
+# Conv2d layers (shortcut projections included), BatchNorm or not, conv biases
+# (default: exactly when there is no BN), AvgPool2d layers (AdaptiveAvgPool2d
+# not counted), input size.
 ARCH = {
     "vgg_small": dict(sites=6, convs=6, bn=True, avgpools=3, size=32),
     "vgg16_snnc": dict(sites=13, convs=13, bn=True, avgpools=5, size=32),
@@ -28,8 +29,9 @@ ARCH = {
     "vgg16_imagenet": dict(sites=15, convs=13, bn=True, avgpools=5, size=224),
     "vgg16_rts_imagenet": dict(sites=15, convs=13, bn=False, avgpools=5, size=224),
     "resnet20_qcfs": dict(sites=1 + 18, convs=1 + 18 + 2, bn=True, avgpools=0, size=32),
-    "resnet20_rts": dict(sites=3 + 16, convs=3 + 16 + 3, bn=True, avgpools=1, size=32),
+    "resnet20_rts": dict(sites=3 + 16, convs=3 + 16 + 3, bn=False, bias=False, avgpools=1, size=32),
     "resnet20_snnc": dict(sites=1 + 18, convs=1 + 18 + 2, bn=True, avgpools=0, size=32),
+    "resnet20_snnc_icml": dict(sites=3 + 16, convs=3 + 16 + 3, bn=True, avgpools=1, size=32),
     "resnet18_cifar": dict(sites=1 + 16, convs=1 + 16 + 3, bn=True, avgpools=0, size=32),
     "resnet34_snnc": dict(sites=3 + 32, convs=3 + 32 + 3, bn=True, avgpools=1, size=224),
     "resnet34_qcfs": dict(sites=1 + 32, convs=1 + 32 + 3, bn=True, avgpools=0, size=224),
@@ -71,7 +73,7 @@ def _trace(model: nn.Module) -> torch.fx.GraphModule:
 
 def test_list_models_names_exactly_the_suite_models():
     assert MODELS == sorted(ARCH)
-    assert list_models("resnet20_*") == ["resnet20_qcfs", "resnet20_rts", "resnet20_snnc"]
+    assert list_models("resnet20_*") == ["resnet20_qcfs", "resnet20_rts", "resnet20_snnc", "resnet20_snnc_icml"]
 
 
 def test_unknown_or_foreign_model_name_is_rejected_with_the_valid_names():
@@ -164,8 +166,9 @@ def test_layers_match_the_lineage(name):
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert len(convs) == spec["convs"]
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == spec["bn"]
-    # a conv followed by BN has no bias; without BN every conv has one
-    assert all((c.bias is None) == spec["bn"] for c in convs)
+    # a conv followed by BN has no bias; without BN every conv has one, except where the lineage says not
+    has_bias = spec.get("bias", not spec["bn"])
+    assert all((c.bias is not None) == has_bias for c in convs)
     assert sum(type(m) is nn.AvgPool2d for m in model.modules()) == spec["avgpools"]
     assert isinstance(model.fc, nn.Linear)
     assert sum(isinstance(m, nn.Flatten) for m in model.modules()) == 1
@@ -185,6 +188,47 @@ def test_lineage_details():
     assert qcfs34.stem[0].stride == (1, 1) and not any(isinstance(m, nn.AvgPool2d) for m in qcfs34.stem)
     assert [s[-1].conv2.out_channels for s in _build("resnet20_snnc").stages] == [64, 128, 256]
     assert [len(s) for s in _build("resnet20_rts").stages] == [2, 2, 2, 2]
+    icml = _build("resnet20_snnc_icml")
+    assert [len(s) for s in icml.stages] == [2, 2, 2, 2]
+    assert [m.out_channels for m in icml.stem if isinstance(m, nn.Conv2d)] == [64, 64, 64]
+    assert icml.fc.in_features == 512 and icml.fc.bias is not None
+    assert not any(isinstance(m, nn.Dropout) for m in icml.modules())
+
+
+# RTS release network (METHODS.md section 7), counted by hand: stem 3*64*9 + 2*64*64*9 = 75,456;
+# stages 147,456 + 524,288 + 2,097,152 + 8,388,608 (3x3 convs and 1x1 projections, no biases);
+# head 2048 * classes. 11,253,440 for 10 classes, 11,437,760 for 100.
+RTS_PARAMS = {10: 11_253_440, 100: 11_437_760}
+
+
+@pytest.mark.parametrize("classes", sorted(RTS_PARAMS))
+def test_resnet20_rts_is_the_release_network(classes):
+    torch.manual_seed(0)
+    model = create_model("resnet20_rts", num_classes=classes, act_layer="clip", y_th=1.0)
+    modules = list(model.modules())
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in modules)
+    assert all(m.bias is None for m in modules if isinstance(m, (nn.Conv2d, nn.Linear)))
+    # stem: conv-act-drop, conv-act-drop, conv-act, AvgPool(2); no BN anywhere
+    assert [type(m) for m in model.stem] == [nn.Conv2d, ClipReLU, nn.Dropout] * 2 + [nn.Conv2d, ClipReLU, nn.AvgPool2d]
+    assert [m.out_channels for m in model.stem if isinstance(m, nn.Conv2d)] == [64, 64, 64]
+    assert model.stem[-1].kernel_size == 2 and model.stem[-1].stride == 2
+    # Dropout(0.2) modules: two in the stem, one per block between act1 and conv2
+    drops = [m for m in modules if isinstance(m, nn.Dropout)]
+    assert len(drops) == 2 + 8 and all(type(m) is nn.Dropout and m.p == 0.2 for m in drops)
+    assert all(type(b.drop) is nn.Dropout for s in model.stages for b in s)
+    assert [b.conv2.out_channels for s in model.stages for b in s] == [64, 64, 128, 128, 256, 256, 512, 512]
+    assert type(model.fc) is nn.Linear and model.fc.in_features == 2048 and model.fc.out_features == classes
+    assert model.fc.bias is None
+    assert sum(p.numel() for p in model.parameters()) == RTS_PARAMS[classes]
+    # eval: Dropout is the identity, and the head sees the flattened 512 x 2 x 2 map, not an average of it
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        out = model(x)
+    assert feats.shape == (2, 512, 2, 2)
+    assert out.shape == (2, classes) and torch.isfinite(out).all()
+    assert torch.equal(out, model.fc(feats.flatten(1)))
 
 
 def test_resnet20_qcfs_has_about_027M_parameters():
@@ -273,6 +317,34 @@ def test_qcfs_gradients_match_the_straight_through_expressions():
     q = torch.clamp(torch.floor(zd * L / lam + 0.5) / L, 0, 1)
     dlam = torch.where(inside, q - zd / lam, (zd >= lam).double())
     assert torch.allclose(act.lam.grad, (g * dlam).sum())
+
+
+def _qcfs_autograd_graph(z: torch.Tensor, lam: torch.Tensor, L: int) -> torch.Tensor:
+    """QCFS as a chain of autograd nodes: clamp, a straight-through floor, * lam / L."""
+    z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
+    x = torch.clamp(z * (L / lam), 0.0, float(L)) + 0.5
+    return (x + (torch.floor(x) - x).detach()) * (lam / L)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("L, lam", [(4, 2.0), (4, 1.37), (8, 3.1)])
+def test_fused_qcfs_equals_the_autograd_graph(dtype, L, lam):
+    torch.manual_seed(0)
+    z = (torch.randn(32, 8, 6, 6) * 3).to(dtype)
+    z.view(-1)[:3] = torch.tensor([0.0, lam, 2 * lam]).to(dtype)  # the clip's end points
+    g = torch.randn(32, 8, 6, 6)
+    fused, graph = QCFS(L=L, init_lambda=lam), QCFS(L=L, init_lambda=lam)
+    z1, z2 = z.clone().requires_grad_(), z.clone().requires_grad_()
+    out1, out2 = fused(z1), _qcfs_autograd_graph(z2, graph.lam, L)
+    assert out1.dtype == out2.dtype and torch.equal(out1, out2)  # the same values, bit for bit
+    out1.backward(g.to(out1.dtype))
+    out2.backward(g.to(out2.dtype))
+    assert z1.grad.dtype == dtype
+    # d/dz: the graph multiplies by lam / L and L / lam, the fused backward passes g: one rounding apart
+    torch.testing.assert_close(z1.grad, z2.grad, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(fused.lam.grad, graph.lam.grad, rtol=1e-5, atol=1e-4)
+    with torch.no_grad():  # the no-grad path gives the same values
+        assert torch.equal(fused(z), out1.detach())
 
 
 def test_clip_relu_value_and_gradient():

@@ -85,12 +85,26 @@ def test_paper_table_shows_mean_std_over_seeds_and_the_published_figure(runs, pu
     assert r"\toprule" in latex and r"$\pm$" in latex and "snnc\\_light" in latex
 
 
+def test_gap_table_puts_our_conversion_gap_beside_the_published_one(runs, published):
+    acc = tables.collect_accuracy(runs)
+    summary = tables.summarize(acc, tables.load_published(published), tables.collect_spikes(runs), [1, 2, 4])
+    table = tables.gap_table(summary, "cifar10").reset_index()
+    row = table[(table.method == "maxnorm") & (table["T"] == 4)].iloc[0]
+    mean = acc[(acc.method == "maxnorm") & (acc["T"] == 4)]["accuracy"].mean()
+    assert row["gap"] == f"{66.0 - mean:.2f}" and row["published gap"] == "20.00"  # 70 - 50
+    assert row["gap - published gap"] == f"{(66.0 - mean) - 20.0:.2f}"
+    other = table[(table.method == "snnc_light") & (table["T"] == 4)].iloc[0]
+    assert other["published gap"] == "–" and float(other["calibration s"]) >= 0
+    assert set(acc["calibration_transform"]) == {"given"}  # a tensor of images, not a pool
+
+
 def test_cli_writes_tables_and_figures(runs, published, tmp_path):
     out = tmp_path / "tables"
     args = tables.get_args_parser().parse_args([*map(str, runs), "--published", str(published), "--T", "1,2,4",
                                                 "--out", str(out)])
     assert tables.main(args) == 0
-    for name in ("accuracy.csv", "spikes.csv", "summary.csv", "cifar10.md", "cifar10.tex", "run.yaml"):
+    for name in ("accuracy.csv", "spikes.csv", "summary.csv", "cifar10.md", "cifar10.tex", "cifar10_gaps.md",
+                 "run.yaml"):
         assert (out / name).stat().st_size > 0
     for png in ("cifar10_tiny_accuracy.png", "ftbc_iterations.png"):
         assert (out / "figures" / png).read_bytes()[:4] == b"\x89PNG"

@@ -92,6 +92,24 @@ def test_recipe_file_is_validated(tmp_path):
         load_recipe(str(path))
 
 
+def test_release_recipes_decay_every_parameter_lambda_included():
+    """The releases' SGD(model.parameters(), weight_decay=wd): QCFS's lambda and BN shrink too."""
+    from ftbc.models import QCFS
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), QCFS(L=4, init_lambda=8.0))
+    for name in ("qcfs_cifar10", "qcfs_cifar10_cpu", "qcfs_cifar100", "snnc_cifar", "rts_cifar"):
+        opt = create_optimizer(model, load_recipe(name))
+        assert [g["weight_decay"] for g in opt.param_groups] == [5e-4], name
+    opt = create_optimizer(model, load_recipe("quick_cpu"))  # the suite's own recipe keeps timm's rule
+    decays = {p.ndim > 1: g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert decays == {True: 5e-4, False: 0.0}
+    lam = model[2].lam
+    opt = create_optimizer(model, {**load_recipe("qcfs_cifar10"), "lr": 1.0})
+    lam.grad = torch.zeros(())  # a zero loss gradient: only the weight decay moves lambda
+    opt.step()
+    assert lam.item() == pytest.approx(8.0 * (1 - 5e-4))
+
+
 def test_step_milestones_count_from_epoch_zero():
     """Milestone m: epochs 0..m-1 at lr, m on at lr * gamma (torch MultiStepLR, the RTS release)."""
     model = torch.nn.Linear(2, 2)

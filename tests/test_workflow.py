@@ -30,14 +30,15 @@ def test_lint_reports_nothing():
 
 @pytest.mark.parametrize("configfile, expected", [
     # 3 data sets; 7 CIFAR ANNs x 3 seeds x 2 data sets + 5 ImageNet ANNs (VGG-16 with ReLU and QCFS);
-    # evaluations: per ReLU ANN 2 T-free methods (maxnorm, opi) + 4 T-dependent x 9 T = 38, per QCFS
-    # ANN 3 T-free = 3, per clipped-ReLU ANN 3 T-dependent x 9 = 27:
-    # CIFAR (2 x 3 x 38 + 3 x 3 x 3 + 2 x 3 x 27) x 2 = 834, ImageNet 38 x 2 + 3 x 2 + 27 = 109.
-    ("config/paper.yaml", {"prepare_data": 3, "train_ann": 47, "evaluate_snn": 943, "tables": 1, "all": 1}),
-    # the quick grid: one data set, 3 ANNs, T = 1,2,4,8,16,32: 2 + 4 x 6 + 3 + 3 x 6 = 47
-    ("config/config.yaml", {"prepare_data": 1, "train_ann": 3, "evaluate_snn": 47, "tables": 1, "all": 1}),
-    # the smoke grid has the same shape with T = 1,4: 2 + 4 x 2 + 3 + 3 x 2 = 19
-    ("config/smoke.yaml", {"prepare_data": 1, "train_ann": 3, "evaluate_snn": 19, "tables": 1, "all": 1}),
+    # evaluations: per ReLU ANN 2 T-free methods (maxnorm, opi) + 5 T-dependent (snnc_none, snnc_light,
+    # snnc_advanced, ftbc_relu, ftbc_relu_quantile) x 9 T = 47, per QCFS ANN 3 T-free = 3, per
+    # clipped-ReLU ANN 3 T-dependent x 9 = 27:
+    # CIFAR (2 x 3 x 47 + 3 x 3 x 3 + 2 x 3 x 27) x 2 = 942, ImageNet 47 x 2 + 3 x 2 + 27 = 127.
+    ("config/paper.yaml", {"prepare_data": 3, "train_ann": 47, "evaluate_snn": 1069, "tables": 1, "all": 1}),
+    # the quick grid: one data set, 3 ANNs, T = 1,2,4,8,16,32: 2 + 5 x 6 + 3 + 3 x 6 = 53
+    ("config/config.yaml", {"prepare_data": 1, "train_ann": 3, "evaluate_snn": 53, "tables": 1, "all": 1}),
+    # the smoke grid has the same shape with T = 1,4: 2 + 5 x 2 + 3 + 3 x 2 = 21
+    ("config/smoke.yaml", {"prepare_data": 1, "train_ann": 3, "evaluate_snn": 21, "tables": 1, "all": 1}),
 ])
 def test_dry_run_job_counts(configfile, expected, tmp_path):
     r = snakemake("-n", "--configfile", configfile, "--config", f"workdir={tmp_path}/w",

@@ -63,6 +63,11 @@ def _results(tmp) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in (tmp / "work" / "snn").rglob("result.json")}
 
 
+def _method_of(result: Path) -> str:
+    """The method of ``.../<method>/cal<seed>/T<steps>/result.json``."""
+    return result.parents[2].name
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory, cifar10_root):
     reuse = os.environ.get("FTBC_SMOKE_REUSE")  # developers: a finished smoke folder to rerun the checks on
@@ -120,7 +125,7 @@ def test_a_killed_run_continues_without_redoing_finished_jobs(smoke, cifar10_roo
         proc.wait()
     finished = {p: m for p, m in _results(tmp).items() if m != before.get(p)}
     assert len(finished) == 1, "the kill should land after the first job and before the second finished"
-    assert len([p for p in before if p.parent.parent.name == "snnc_light"]) == 2  # T = 1 and 4
+    assert len([p for p in before if _method_of(p) == "snnc_light"]) == 2  # T = 1 and 4
     _run(tmp, cfg, "--unlock")  # SIGKILL leaves Snakemake's lock behind (Ctrl-C or SIGTERM would not)
     _run(tmp, cfg)
     after = _results(tmp)
@@ -137,10 +142,10 @@ def test_a_failing_job_leaves_the_others_and_only_it_is_redone(smoke, cifar10_ro
     before = _results(tmp)
     r = _run(tmp, bad, check=False)
     assert r.returncode != 0
-    log = "\n".join(p.read_text() for p in (tmp / "logs").rglob("evaluate_snn/**/rts/T*.log"))
+    log = "\n".join(p.read_text() for p in (tmp / "logs").rglob("evaluate_snn/**/rts/cal*/T*.log"))
     assert "calibration needs 5120 images" in log and "Traceback" not in log
     changed = {p for p, m in _results(tmp).items() if m != before.get(p)}
-    names = {p.parent.parent.name for p in changed}  # (snnc_light too: the previous test changed it)
+    names = {_method_of(p) for p in changed}  # (snnc_light too: the previous test changed it)
     assert "ftbc_rts" in names and "rts" not in names  # the independent jobs finished, the failed left nothing
     fixed = _config(tmp, cifar10_root, ftbc_rts={"ftbc.iterations": 1})
     assert _planned(tmp, fixed) == {"evaluate_snn": 2, "tables": 1, "all": 1}  # the 2 rts jobs only

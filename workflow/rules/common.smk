@@ -26,6 +26,7 @@ wildcard_constraints:
     dataset="cifar10|cifar100|imagenet",
     act="relu|qcfs|clip",
     seed=r"\d+",
+    cseed=r"\d+",
     steps=r"\d+(-\d+)?",
     arch=r"[A-Za-z0-9_]+",
     method=r"[A-Za-z0-9_]+",
@@ -55,15 +56,15 @@ def get_ann(wildcards):
 
 
 def get_evaluation(wildcards):
-    key = (wildcards.dataset, wildcards.arch, int(wildcards.seed), wildcards.method, wildcards.steps)
+    key = (wildcards.dataset, wildcards.arch, int(wildcards.seed), wildcards.method, int(wildcards.cseed),
+           wildcards.steps)
     if key not in EVAL_INDEX:
         raise WorkflowError(f"no evaluation {'/'.join(map(str, key))} in the configured grid")
     return EVAL_INDEX[key]
 
 
 def get_checkpoint(wildcards):
-    ev = get_evaluation(wildcards)
-    return f"{grid.ann_dir(config, ev.ann)}/model.safetensors"
+    return grid.checkpoint_path(config, get_evaluation(wildcards).ann)
 
 
 def get_method_args(wildcards):

@@ -8,13 +8,15 @@ rule evaluate_snn:
         data=f"{WORK}/data/{{dataset}}.json",
         checkpoint=get_checkpoint,
     output:
-        result=f"{WORK}/snn/{{dataset}}/{{arch}}/seed{{seed}}/{{method}}/T{{steps}}/result.json",
-        accuracy=f"{WORK}/snn/{{dataset}}/{{arch}}/seed{{seed}}/{{method}}/T{{steps}}/accuracy.csv",
-        activity=f"{WORK}/snn/{{dataset}}/{{arch}}/seed{{seed}}/{{method}}/T{{steps}}/activity.csv",
+        result=f"{WORK}/snn/{{dataset}}/{{arch}}/seed{{seed}}/{{method}}/cal{{cseed}}/T{{steps}}/result.json",
+        accuracy=f"{WORK}/snn/{{dataset}}/{{arch}}/seed{{seed}}/{{method}}/cal{{cseed}}/T{{steps}}/accuracy.csv",
+        activity=f"{WORK}/snn/{{dataset}}/{{arch}}/seed{{seed}}/{{method}}/cal{{cseed}}/T{{steps}}/activity.csv",
     params:
         root=lambda wc: grid.data_root(config, wc.dataset),
         method_args=get_method_args,
         n_test=config["evaluation"]["n_test"],
+        test_seed=config["evaluation"]["test_seed"],
+        transform=config["evaluation"]["calibration_transform"],
         batch_size=config["evaluation"]["batch_size"],
         device=lambda wc: get_evaluation(wc).ann.device,
         out=lambda wc, output: os.path.dirname(output.result),
@@ -24,11 +26,12 @@ rule evaluate_snn:
     conda:
         "../../environment.yml"
     log:
-        f"{LOGS}/evaluate_snn/{{dataset}}/{{arch}}/seed{{seed}}/{{method}}/T{{steps}}.log",
+        f"{LOGS}/evaluate_snn/{{dataset}}/{{arch}}/seed{{seed}}/{{method}}/cal{{cseed}}/T{{steps}}.log",
     benchmark:
-        f"{WORK}/benchmarks/evaluate_snn/{{dataset}}/{{arch}}/seed{{seed}}/{{method}}/T{{steps}}.tsv"
+        f"{WORK}/benchmarks/evaluate_snn/{{dataset}}/{{arch}}/seed{{seed}}/{{method}}/cal{{cseed}}/T{{steps}}.tsv"
     shell:
         "OMP_NUM_THREADS={threads} ftbc evaluate --checkpoint {input.checkpoint} --method {wildcards.method} "
-        "--T {wildcards.steps} --data-root {params.root:q} --seed {wildcards.seed} {params.method_args} "
-        "--n-test {params.n_test} --batch-size {params.batch_size} --device {params.device} "
+        "--T {wildcards.steps} --data-root {params.root:q} --seed {wildcards.cseed} {params.method_args} "
+        "--n-test {params.n_test} --test-seed {params.test_seed} --calibration-transform {params.transform} "
+        "--batch-size {params.batch_size} --device {params.device} "
         "--out {params.out} --quiet > {log} 2>&1"
