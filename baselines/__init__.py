@@ -47,12 +47,18 @@ def get_method(name: str, dataset: str | None = None) -> Method:
     return method.for_dataset(dataset) if dataset else method
 
 
+def plugin_modules(spec: str | None = None) -> list[str]:
+    """The module names of ``spec``, or else of ``FTBC_PLUGINS`` (comma-separated); results record them."""
+    import os
+
+    return [m.strip() for m in (spec or os.environ.get("FTBC_PLUGINS", "")).split(",") if m.strip()]
+
+
 def load_plugins(spec: str | None = None) -> None:
     """Import the modules named in ``FTBC_PLUGINS`` (comma-separated) so their methods register."""
     import importlib
-    import os
 
-    for mod in filter(None, (m.strip() for m in (spec or os.environ.get("FTBC_PLUGINS", "")).split(","))):
+    for mod in plugin_modules(spec):
         try:
             importlib.import_module(mod)
         except ImportError as e:

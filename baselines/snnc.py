@@ -34,7 +34,8 @@ import torch
 from torch import Tensor, nn
 
 from baselines import Method, Stage, register_method
-from ftbc.calibration import channel_mean, layerwise_pass, register_stage
+from ftbc.calibration import (ann_output, channel_mean, layerwise_pass, rate_pass, register_stage, resolve_order,
+                              time_means)
 from ftbc.calibration_pool import SNNC_LOADER
 from ftbc.conversion import draw_batches, spiking_layers
 from ftbc.neuron import IFNeuron
@@ -56,34 +57,33 @@ class SNNCConfig:
 CFG = SNNCConfig()
 
 
-def _rate(n: IFNeuron, xs: Tensor) -> Tensor:
-    """Time-averaged output theta * mean_t s(t) of neuron ``n`` on input ``xs`` [T, N, ...]."""
-    return (n.scan(xs) * n.theta(xs.dim() - 1)).mean(0)
-
-
 def _one_batch(ctx, images: int) -> Tensor:
     return draw_batches(ctx.data, 1, images, ctx.seed + 2)[0].to(ctx.device)
 
 
-@register_stage("bias", t_dependent=True, defaults=dict(images=CFG.calibration_images))
-def bias_calibration(snn: nn.Module, ctx, *, images: int) -> None:
+# order: 'layer' (one layer-major pass), 'step' (the release's order: per layer a step-by-step
+# run, memory independent of T) or 'auto' (layer unless a layer's T steps pass a 2 GiB budget).
+@register_stage("bias", t_dependent=True, defaults=dict(images=CFG.calibration_images, order="auto"))
+def bias_calibration(snn: nn.Module, ctx, *, images: int, order: str) -> None:
     """BC: per channel, offset_c -= mean_{N,H,W}(r - a), r the SNN's mean rate over T steps."""
 
-    def update(name: str, n: IFNeuron, xs: Tensor, a: Tensor) -> None:
-        err = channel_mean(_rate(n, xs) - a)
+    def update(name: str, n: IFNeuron, r: Tensor, a: Tensor) -> None:
+        err = channel_mean(r - a)
         n.offset = n.offset.expand_as(err).clone() - err if n.offset.dim() == 0 else n.offset - err
 
-    layerwise_pass(snn, ctx.ann, _one_batch(ctx, images), ctx.T, update)
+    used = rate_pass(snn, ctx.ann, _one_batch(ctx, images), ctx.T, update, order=order)
+    ctx.log.append({"stage": "bias", "order": used})
 
 
-@register_stage("potential", t_dependent=True, defaults=dict(images=CFG.calibration_images))
-def potential_calibration(snn: nn.Module, ctx, *, images: int) -> None:
+@register_stage("potential", t_dependent=True, defaults=dict(images=CFG.calibration_images, order="auto"))
+def potential_calibration(snn: nn.Module, ctx, *, images: int, order: str) -> None:
     """PC: per neuron (C x H x W, averaged over the batch), v(0) += T * (E[a] - E[r])."""
 
-    def update(name: str, n: IFNeuron, xs: Tensor, a: Tensor) -> None:
-        n.v0 = n.v0 + ctx.T * (a.mean(0) - _rate(n, xs).mean(0))
+    def update(name: str, n: IFNeuron, r: Tensor, a: Tensor) -> None:
+        n.v0 = n.v0 + ctx.T * (a.mean(0) - r.mean(0))
 
-    layerwise_pass(snn, ctx.ann, _one_batch(ctx, images), ctx.T, update)
+    used = rate_pass(snn, ctx.ann, _one_batch(ctx, images), ctx.T, update, order=order)
+    ctx.log.append({"stage": "potential", "order": used})
 
 
 # -- weight calibration ---------------------------------------------------------------
@@ -116,26 +116,32 @@ def quantise(z: Tensor, theta: Tensor, T: int) -> Tensor:
     return (u + (u.floor() - u).detach()) * (theta / T)
 
 
-def _capture(snn, ctx, x: Tensor, name: str, layer: nn.Module):
-    """Mean input rate of ``layer``, the rest of the neuron's current, and the ANN target, for images ``x``."""
-    got = {}
-    h = layer.register_forward_hook(lambda m, i, o: got.__setitem__("inp", i[0]))
+def _capture(snn, ctx, x: Tensor, name: str, layer_name: str, order: str):
+    """Mean input rate of the feeding layer, the rest of the neuron's current, and the ANN target, for images ``x``."""
+    layer = snn.get_submodule(layer_name)
+    if resolve_order(order, ctx.ann, x, ctx.T) == "step":
+        means = time_means(snn, x, ctx.T, name, inputs_of=[layer_name])
+        inp, current, a = means.inputs[layer_name], means.current, ann_output(ctx.ann, x, name)
+    else:
+        got = {}
+        h = layer.register_forward_hook(lambda m, i, o: got.__setitem__("inp", i[0]))
 
-    def update(n_name, n, xs, a):
-        if n_name == name:
-            got["xs"], got["a"] = xs, a
-            raise _Stop
+        def update(n_name, n, xs, a):
+            if n_name == name:
+                got["xs"], got["a"] = xs, a
+                raise _Stop
 
-    try:
-        layerwise_pass(snn, ctx.ann, x, ctx.T, update)
-    except _Stop:
-        pass
-    finally:
-        h.remove()
-    with torch.no_grad():
+        try:
+            layerwise_pass(snn, ctx.ann, x, ctx.T, update)
+        except _Stop:
+            pass
+        finally:
+            h.remove()
         inp = got["inp"].view(ctx.T, -1, *got["inp"].shape[1:]).mean(0)
-        rest = got["xs"].mean(0) - layer(inp)
-    return inp, rest, got["a"]
+        current, a = got["xs"].mean(0), got["a"]
+    with torch.no_grad():
+        rest = current - layer(inp)
+    return inp, rest, a
 
 
 def layer_loss(layer: nn.Module, theta: Tensor, T: int, inp: Tensor, rest: Tensor, a: Tensor) -> Tensor:
@@ -144,9 +150,10 @@ def layer_loss(layer: nn.Module, theta: Tensor, T: int, inp: Tensor, rest: Tenso
 
 
 @register_stage("weight", t_dependent=True, defaults=dict(
-    samples=CFG.wc_samples, iterations=CFG.wc_iterations, batch_size=CFG.wc_batch_size, lr=CFG.wc_lr, chunk=128))
+    samples=CFG.wc_samples, iterations=CFG.wc_iterations, batch_size=CFG.wc_batch_size, lr=CFG.wc_lr, chunk=128,
+    order="auto"))
 def weight_calibration(snn: nn.Module, ctx, *, samples: int, iterations: int, batch_size: int, lr: float,
-                       chunk: int) -> None:
+                       chunk: int, order: str) -> None:
     """WC: per layer, minimise E||quantise(W r + b) - a||^2 over W (Adam, cosine lr, STE floor)."""
     images = torch.cat(draw_batches(ctx.data, math.ceil(samples / chunk), chunk, ctx.seed + 3))[:samples]
     g = torch.Generator().manual_seed(ctx.seed)
@@ -154,8 +161,8 @@ def weight_calibration(snn: nn.Module, ctx, *, samples: int, iterations: int, ba
         found = feeding_layer(snn, name)
         if found is None:
             continue
-        _, layer = found
-        parts = [_capture(snn, ctx, x.to(ctx.device), name, layer) for x in images.split(chunk)]
+        layer_name, layer = found
+        parts = [_capture(snn, ctx, x.to(ctx.device), name, layer_name, order) for x in images.split(chunk)]
         inp, rest, a = (torch.cat(p) for p in zip(*parts))
         theta = n.theta(a.dim())
         opt = torch.optim.Adam([layer.weight], lr=lr)

@@ -248,9 +248,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=add_help)
     p.add_argument("--arch", default="vgg16", help=f"{', '.join(ARCHS)} or a model name from ftbc.models")
-    p.add_argument("--T", type=int, default=32)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--T", type=int, default=32, help="time steps of the simulation")
+    p.add_argument("--batch-size", "--batch", dest="batch", type=int, default=64, help="images per batch")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     p.add_argument("--rounds", type=int, default=3, help="timed rounds per candidate (median reported)")
     p.add_argument("--release-rounds", type=int, default=1, help="rounds of the slow release pass (0: skip it)")
     p.add_argument("--warmup", type=int, default=None,
@@ -265,8 +265,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="images per simulation chunk for the snn candidates (default: the simulator's)")
     p.add_argument("--no-memory", action="store_true", help="do not read the peak memory in the first round")
     p.add_argument("--no-check", action="store_true", help="skip the SpikingJelly output check")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", type=Path, help="also write the JSON object to this file")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and input")
+    p.add_argument("--out", "--output", dest="output", type=Path, help="also write the JSON object to this file")
     return p
 
 

@@ -9,7 +9,10 @@ its new parameters for the layers above. A pass therefore costs O(layers x T)
 layer evaluations, not the release's O(layers^2 x T) full-network steps.
 
 Stages are registered by name (:func:`register_stage`); SNN Calibration's bias,
-potential and weight calibration live in ``baselines/snnc.py``.
+potential and weight calibration live in ``baselines/snnc.py``. They need a
+layer's rate over all T steps before the next layer: :func:`rate_pass` gives it
+layer-major, or step by step per layer (the release's order, memory
+independent of T) above :data:`LAYER_MAJOR_BUDGET`.
 
 FTBC, per spiking layer l, step t and output channel c, adds b_l[t]_c to the
 membrane before the threshold test. Two solvers of the one stage:
@@ -27,6 +30,8 @@ membrane before the threshold test. Two solvers of the one stage:
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -35,7 +40,9 @@ import torch
 from torch import Tensor, nn
 
 from ftbc.neuron import IFNeuron, channel_view, if_step_, neurons
-from ftbc.simulation import accuracy_per_step, reset_net, set_step_mode
+from ftbc.simulation import LAYER_MAJOR_BUDGET, accuracy_per_step, reset_net, set_step_mode
+
+logger = logging.getLogger(__name__)
 
 # update(name, neuron, xs, target); with returns_outputs=True it returns the layer's outputs.
 UpdateFn = Callable[[str, IFNeuron, Tensor, Tensor], "Tensor | None"]
@@ -77,6 +84,7 @@ def run_stages(snn: nn.Module, stages: Sequence[Any], ctx: Any) -> dict[str, flo
         t0 = time.perf_counter()
         spec.fn(snn, ctx, **{**spec.defaults, **stage.params})
         timings[f"{stage.name}_s"] = time.perf_counter() - t0
+        logger.info("T=%d: stage %s done in %.1f s", ctx.T, stage.name, timings[f"{stage.name}_s"])
     return timings
 
 
@@ -135,6 +143,119 @@ def layerwise_pass(snn: nn.Module, ann: nn.Module, x: Tensor, T: int, update: Up
             n.calibration_hook = None
         set_step_mode(snn, "s")
         reset_net(snn)
+
+
+# Above LAYER_MAJOR_BUDGET bytes of one layer's activations over all steps, passes run step-major.
+ORDERS = ("auto", "layer", "step")
+
+
+def resolve_order(order: str, ann: nn.Module, x: Tensor, T: int) -> str:
+    """``'layer'`` or ``'step'``: ``'auto'`` is the layer order unless one layer's activations
+    over all T steps (:func:`layer_major_bytes`) would pass :data:`LAYER_MAJOR_BUDGET`."""
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {', '.join(map(repr, ORDERS))}, got {order!r}")
+    if order == "auto":
+        return "step" if layer_major_bytes(ann, x, T) > LAYER_MAJOR_BUDGET else "layer"
+    return order
+
+
+class _StopForward(Exception):
+    """Ends a forward once the layer of interest has run."""
+
+
+@torch.no_grad()
+def ann_output(ann: nn.Module, x: Tensor, name: str) -> Tensor:
+    """Output of the (folded) ANN's activation module ``name`` on ``x``; the layers above it do not run."""
+    got: dict[str, Tensor] = {}
+
+    def hook(mod: nn.Module, i: Any, o: Tensor) -> None:
+        got["a"] = o.detach()
+        raise _StopForward
+
+    handle = ann.get_submodule(name).register_forward_hook(hook)
+    try:
+        ann(x)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return got["a"]
+
+
+@dataclass
+class TimeMeans:
+    """Means over T steps of one spiking layer: its input current, its output theta * s, and
+    the inputs of the modules asked for (by name)."""
+
+    current: Tensor
+    output: Tensor
+    inputs: dict[str, Tensor]
+
+
+@torch.no_grad()
+def time_means(snn: nn.Module, x: Tensor, T: int, name: str, inputs_of: Sequence[str] = ()) -> TimeMeans:
+    """Simulate ``x`` [N, ...] step by step, each step stopped once neuron ``name`` has fired,
+    and average over the T steps what :class:`TimeMeans` holds.
+
+    Holds the membranes of the layers up to ``name`` and one step's activations: memory
+    independent of T (the layer-major pass holds T x N activations of a layer).
+    """
+    sums: dict[str, Tensor] = {}  # running sums over steps, by module name
+
+    def add(key: str, value: Tensor) -> None:
+        value = value.float() if value.dtype in (torch.float16, torch.bfloat16) else value
+        sums[key] = sums[key] + value if key in sums else value.clone()
+
+    def at_neuron(mod: nn.Module, i: Any, o: Tensor) -> None:
+        add(name, i[0])
+        sums["theta*s"] = sums["theta*s"] + o if "theta*s" in sums else o.clone()
+        raise _StopForward
+
+    handles = [snn.get_submodule(k).register_forward_hook(lambda mod, i, o, k=k: add(k, i[0]))
+               for k in inputs_of if k != name]
+    handles.append(snn.get_submodule(name).register_forward_hook(at_neuron))
+    set_step_mode(snn, "s")
+    reset_net(snn)
+    try:
+        for _ in range(T):
+            try:
+                snn(x)
+            except _StopForward:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+        reset_net(snn)
+    output = sums.pop("theta*s") / T
+    return TimeMeans(sums[name] / T, output, {k: sums[k] / T for k in inputs_of})
+
+
+# update(name, neuron, rate, target): rate [N, ...] the layer's time-averaged output.
+RateUpdateFn = Callable[[str, IFNeuron, Tensor, Tensor], None]
+
+
+@torch.no_grad()
+def rate_pass(snn: nn.Module, ann: nn.Module, x: Tensor, T: int, update: RateUpdateFn, *, order: str = "auto") -> str:
+    """For each spiking layer with an ANN counterpart, in forward order and with the layers
+    below already updated: ``update(name, neuron, rate, target)``, rate the layer's output
+    theta * s averaged over T steps [N, ...], target the ANN activation [N, ...].
+
+    ``order='layer'``: one :func:`layerwise_pass` (T x N activations of a layer at once);
+    ``'step'``: per layer, a step-by-step run up to it (:func:`time_means`; the release's
+    order, O(layers^2 x T) steps, memory independent of T); ``'auto'`` as
+    :func:`resolve_order`. Returns the order used.
+    """
+    order = resolve_order(order, ann, x, T)
+    if order == "layer":
+        layerwise_pass(snn, ann, x, T, lambda name, n, xs, a: update(name, n, n.run_steps(xs).mean(0), a))
+        return order
+    from ftbc.conversion import activation_sites
+
+    sites = {name for name, _ in activation_sites(ann)}
+    for name, n in neurons(snn):
+        if name in sites:
+            update(name, n, time_means(snn, x, T, name).output, ann_output(ann, x, name))
+    return order
 
 
 # -- FTBC -----------------------------------------------------------------------------
@@ -307,10 +428,6 @@ def iteration_seed(seed: int, iteration: int) -> int:
     return seed + 1 + iteration
 
 
-# Above this many bytes of one layer's activations over all steps, FTBC runs step-major.
-LAYER_MAJOR_BUDGET = 2 * 1024**3
-
-
 @dataclass
 class _Best:
     acc: float = -1.0
@@ -349,8 +466,8 @@ def ftbc_stage(snn: nn.Module, ctx: Any, *, solver: str, alpha: float, iteration
         raise ValueError(f"ftbc select must be 'last' or 'holdout', got {select!r}")
     if select == "holdout" and ctx.holdout is None:
         raise ValueError("ftbc select='holdout' needs a held-out slice of the training split")
-    if order not in ("auto", "layer", "step"):
-        raise ValueError(f"ftbc order must be 'auto', 'layer' or 'step', got {order!r}")
+    if order not in ORDERS:
+        raise ValueError(f"ftbc order must be one of {', '.join(map(repr, ORDERS))}, got {order!r}")
     if not (0 < alpha <= 10) or iterations < 1 or batches < 1 or batch_size < 1:
         raise ValueError(f"ftbc needs 0 < alpha <= 10 and positive iterations/batches/batch_size; "
                          f"got alpha={alpha}, iterations={iterations}, batches={batches}, batch_size={batch_size}")
@@ -368,22 +485,25 @@ def ftbc_stage(snn: nn.Module, ctx: Any, *, solver: str, alpha: float, iteration
     if ctx.progress:
         from tqdm.auto import tqdm
 
-        steps = tqdm(steps, desc="FTBC", leave=False)
+        steps = tqdm(steps, desc="FTBC", leave=False, disable=not sys.stderr.isatty())
     for it in steps:
         for x in draw(it):  # fresh, shuffled, augmented batches every iteration, as the release
             if order == "auto":
-                order = "step" if layer_major_bytes(ctx.ann, x, ctx.T) > LAYER_MAJOR_BUDGET else "layer"
+                order = resolve_order(order, ctx.ann, x, ctx.T)
                 ctx.log.append({"stage": "ftbc", "order": order})
             if order == "step":
                 stepwise_ftbc_pass(snn, ctx.ann, x, ctx.T, alpha)
             else:
                 layerwise_pass(snn, ctx.ann, x, ctx.T,
                                lambda name, n, xs, a: ftbc_heuristic_update(n, xs, a, alpha), returns_outputs=True)
+        held = ""
         if ctx.holdout is not None:
             acc = _holdout_accuracy(snn, ctx)
             ctx.log.append({"stage": "ftbc", "solver": solver, "iteration": it + 1, "holdout_acc": acc})
+            held = f", held-out accuracy at T: {acc[-1]:.2f} %"
             if select == "holdout" and acc[-1] > best.acc:
                 best = _Best(acc[-1], {f"{k}.bias": n.bias.clone() for k, n in neurons(snn)}, it + 1)
+        logger.info("T=%d: FTBC iteration %d/%d%s", ctx.T, it + 1, iterations, held)
     if select == "holdout" and best.state is not None:
         snn.load_state_dict(best.state, strict=False)
         ctx.log.append({"stage": "ftbc", "selected_iteration": best.iteration, "holdout_acc_at_T": best.acc})

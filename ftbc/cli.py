@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from typing import Callable, NoReturn
 
+from ftbc.allocator import keep_freed_memory
 from ftbc.errors import UserError
 
 # subcommand -> (module, one-line help)
@@ -26,6 +28,26 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def version() -> str:
+    """The installed package's version."""
+    from importlib.metadata import PackageNotFoundError, version as dist_version
+
+    try:
+        return dist_version("ftbc")
+    except PackageNotFoundError:  # run from a checkout that was not installed
+        return "unknown (not installed)"
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Each flag's help ends with its default, unless the flag is required or off by default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or action.required or action.default in (None, False, [], argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def _usage_error(prog: str) -> Callable[[str], NoReturn]:
     """An ``ArgumentParser.error`` that raises :class:`UserError`: one line, no usage block, status 2."""
 
@@ -38,9 +60,12 @@ def _usage_error(prog: str) -> Callable[[str], NoReturn]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     top = argparse.ArgumentParser(prog="ftbc", description=__doc__.splitlines()[0])
+    top.add_argument("--version", action="version", version=f"ftbc {version()}")
     sub = top.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_) in SUBCOMMANDS.items():
         sub.add_parser(name, help=help_, add_help=False)
+    if argv[:1] == ["--version"]:
+        top.parse_args(argv)  # prints the version and exits
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
         if argv and argv[0] not in ("-h", "--help"):
             print(f"ftbc: error: unknown command {argv[0]!r} (choose from {', '.join(SUBCOMMANDS)})", file=sys.stderr)
@@ -51,8 +76,14 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
         parser = module.get_args_parser()
         parser.prog = f"ftbc {argv[0]}"
+        parser.formatter_class = DefaultsHelpFormatter
         parser.error = _usage_error(parser.prog)  # type: ignore[method-assign]
         args = parser.parse_args(argv[1:])
+        # Progress lines (per epoch, stage, FTBC iteration, T) go to stdout as they happen,
+        # so `tail -f` on a job's log shows where it is; bars only on a terminal.
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
+                            stream=sys.stdout)
+        keep_freed_memory()  # no page-fault churn from freeing and reallocating the same tensors
         return int(module.main(args) or 0)
     except UserError as e:
         print(f"ftbc {argv[0]}: error: {e}", file=sys.stderr)

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import logging
 import operator
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -35,6 +37,7 @@ from ftbc.neuron import IFNeuron
 from ftbc.simulation import StepMode, correct_per_step, recording, simulate
 
 RESULT_FORMAT = 1
+logger = logging.getLogger(__name__)
 PASS_THROUGH = (nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, nn.Identity)
 
 
@@ -101,7 +104,7 @@ def evaluate_snn(snn: fx.GraphModule, batches: Iterable[tuple[Tensor, Tensor]], 
     if progress:
         from tqdm.auto import tqdm
 
-        it = tqdm(batches, desc=f"SNN T={T}", leave=False)
+        it = tqdm(batches, desc=f"SNN T={T}", leave=False, disable=not sys.stderr.isatty())
     try:
         with recording(snn) as layers:
             for x, y in it:
@@ -162,6 +165,8 @@ def run(
         for t in keep:
             if t in Ts or not method.t_dependent:
                 acc_rows.append(dict(t=t, T_run=T, accuracy=float(acc[t - 1])))
+        logger.info("%s T=%d: converted and calibrated in %.1f s, simulated in %.1f s; accuracy %s", method.name,
+                    T, t1 - t0, sim_s, ", ".join(f"t={t}: {float(acc[t - 1]):.2f} %" for t in keep if t in Ts))
         act_frames.append(activity.assign(T_run=T))
         details["runs"].append(dict(T=T, convert_calibrate_s=t1 - t0, simulate_s=sim_s, timings=conv.timings,
                                     log=conv.log))
@@ -216,7 +221,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="model.safetensors (or its run folder) from ftbc train")
     p.add_argument("--method", required=True, help="a registered method (ftbc methods)")
     p.add_argument("--T", default="1,2,4,8,16,32", help="time steps to report: '1,2,4' or '1-32'")
-    p.add_argument("--data-root", required=True, help="dataset folder (ImageFolder tree or torchvision CIFAR)")
+    p.add_argument("--data-root", default="auto",
+                   help="dataset folder (ImageFolder tree or torchvision CIFAR) or .tar.gz; 'auto' (default) "
+                        "finds the CIFAR-10 copy (docs/data.md)")
     p.add_argument("--download", action="store_true", help="let torchvision download CIFAR into --data-root")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="calibration seed")
@@ -229,11 +236,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="override a method setting, e.g. ftbc.iterations=5 or channelwise=true")
     p.add_argument("--holdout", type=int, default=0, help="training images held out for logging/selection")
     p.add_argument("--n-test", type=int, default=0, help="evaluate on a fixed subset of this many test images")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=256, help="test images per batch")
     p.add_argument("--workers", type=int, default=0, help="DataLoader processes decoding test images (default 0)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--mode", choices=("auto", "s", "m"), default="auto", help="execution order")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (the progress lines stay)")
     return p
 
 
@@ -301,7 +308,7 @@ def write_outputs(out: Path, accuracy: pd.DataFrame, activity: pd.DataFrame, res
 
 
 def main(args: argparse.Namespace) -> int:
-    from baselines import get_method
+    from baselines import get_method, plugin_modules
     from ftbc.training import evaluate, load_model
 
     Ts = parse_T(args.T)
@@ -311,7 +318,10 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UserError(str(e)) from None
     progress = not args.quiet
-    calib, held, test_batches = load_eval_data(meta["dataset"], args.data_root, download=args.download,
+    from ftbc.prepare import resolve_data_root
+
+    root = resolve_data_root(meta["dataset"], args.data_root, download=args.download)
+    calib, held, test_batches = load_eval_data(meta["dataset"], root, download=args.download,
                                                holdout=args.holdout, n_test=args.n_test, batch_size=args.batch_size,
                                                test_seed=args.test_seed,
                                                calibration_transform=args.calibration_transform,
@@ -322,7 +332,8 @@ def main(args: argparse.Namespace) -> int:
                                       seed=args.seed, device=args.device, mode=args.mode, progress=progress)
     out = Path(args.out)
     write_outputs(out, accuracy, activity, dict(
-        config=vars(args), method=method_record(method), checkpoint=meta, ann_accuracy=ann_acc, **details))
+        config=vars(args), method=method_record(method), checkpoint=meta, ann_accuracy=ann_acc,
+        plugins=plugin_modules(), **details))
     write_text(out / "run.yaml", yaml.safe_dump(vars(args), sort_keys=False))
     print(f"ANN accuracy {ann_acc:.2f} %  ({meta['arch']}, {meta['act']}, {meta['dataset']})")
     print(accuracy[["method", "t", "accuracy"]].to_string(index=False))

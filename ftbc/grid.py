@@ -85,6 +85,40 @@ def anns(config: dict) -> list[Ann]:
     return list(out.values())
 
 
+def plugins(config: dict) -> list[str]:
+    """Modules with methods of their own (``plugins:``), imported before any name is checked;
+    the jobs import them too (``FTBC_PLUGINS``) and every result records them."""
+    return [str(m) for m in config.get("plugins") or []]
+
+
+def check(config: dict) -> None:
+    """Reject, before any job runs, a configuration whose names the jobs would not know:
+    methods under ``method_settings`` (a misspelt one would silently leave its jobs at the
+    release setting), settings a method does not have, and each ANN's arch and recipe."""
+    from baselines import list_methods, load_plugins
+    from ftbc.models import list_models
+    from ftbc.recipes import list_recipes
+
+    load_plugins(",".join(plugins(config)))
+    known = list_methods()
+    settings = config.get("method_settings") or {}
+    unknown = [name for name in settings if name not in known]
+    if unknown:
+        raise UserError(f"method_settings names unknown method(s) {', '.join(unknown)}; registered: "
+                        f"{', '.join(known)}")
+    models, recipes = set(list_models()), set(list_recipes())
+    for e in _entries(config):
+        where = f"anns entry {e['dataset']}/{e['arch']}"
+        if e["arch"] not in models:
+            raise UserError(f"{where}: unknown arch {e['arch']!r}; models: {', '.join(sorted(models))}")
+        if e["recipe"] not in recipes and not Path(e["recipe"]).is_file():
+            raise UserError(f"{where}: unknown recipe {e['recipe']!r} (neither a recipe of ftbc/recipes nor "
+                            f"a YAML file); recipes: {', '.join(sorted(recipes))}")
+    for name in settings:
+        for dataset in datasets(config) or [None]:
+            _method(name, dataset, settings_for(config, name))
+
+
 @lru_cache(maxsize=None)
 def _method(name: str, dataset: str, settings: tuple[tuple[str, Any], ...]):
     from baselines import get_method
@@ -180,7 +214,17 @@ def subset_args(config: dict) -> str:
 
 
 def raw_data_root(config: dict, dataset: str) -> str:
-    return (config.get("data_roots") or {}).get(dataset, config["data_root"])
+    """The configured data root; ``auto`` becomes the copy :func:`ftbc.prepare.discover` finds
+    (the checkout's data/, ../shared/data/, $FTBC_DATA_ROOT) when there is one."""
+    from ftbc.prepare import AUTO, CHECKOUT, discover
+
+    raw = (config.get("data_roots") or {}).get(dataset, config.get("data_root", AUTO))
+    if raw == AUTO:
+        found = discover(dataset)
+        if found is not None:
+            return str(found)
+        return str(CHECKOUT / "data") if config.get("download") else raw
+    return raw
 
 
 def datasets(config: dict) -> list[str]:

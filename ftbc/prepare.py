@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import os
 import shutil
 import tarfile
 import tempfile
@@ -122,12 +124,71 @@ def materialize(source: Path, dest: Path, limits: Limits | None = None, dataset:
     return make_subset(tree, dest, limits) if limits else tree
 
 
+# The checkout this package runs from (an editable install), where data/ and ../shared/ are looked for.
+CHECKOUT = Path(__file__).resolve().parents[1]
+AUTO = "auto"
+ROOT_ENV = "FTBC_DATA_ROOT"
+
+
+def candidates(dataset: str) -> list[Path]:
+    """Where a data root is looked for when none is given, in order: the checkout's ``data/``
+    (the extracted ``<name>-jpeg`` folder, then its archive), then the archive in
+    ``../shared/data/`` beside the checkout, then ``$FTBC_DATA_ROOT``."""
+    from ftbc.data import dataset_info
+
+    name = f"{dataset_info(dataset).name}-jpeg"
+    found = [CHECKOUT / "data" / name, CHECKOUT / "data" / f"{name}.tar.gz",
+             CHECKOUT.parent / "shared" / "data" / f"{name}.tar.gz"]
+    env = os.environ.get(ROOT_ENV)
+    return found + ([Path(env).expanduser()] if env else [])
+
+
+def discover(dataset: str) -> Path | None:
+    """The first of :func:`candidates` that exists, or None."""
+    return next((c for c in candidates(dataset) if c.exists()), None)
+
+
+def resolve_data_root(dataset: str, root: str | Path | None, *, download: bool = False) -> Path:
+    """The folder a command reads ``dataset`` from, whatever it was given.
+
+    A folder is itself; an archive is extracted once into the data cache and reused
+    (keyed by its path, size and modification time); nothing (``None`` or ``'auto'``)
+    is the first of :func:`candidates`, or, for CIFAR with ``download``, the checkout's
+    ``data/`` for torchvision to download into.
+    """
+    if root is None or str(root) == AUTO:
+        found = discover(dataset)
+        if found is None:
+            if download:
+                return CHECKOUT / "data"
+            where = ", ".join(str(c) for c in candidates(dataset))
+            raise DataError(f"no {dataset} copy found (looked at {where}; set {ROOT_ENV}): pass --data-root, "
+                            f"or --download for CIFAR")
+        root = found
+    root = Path(root).expanduser()
+    if is_archive(root):
+        if not root.is_file():
+            raise DataError(f"archive {root} does not exist")
+        from ftbc.data import _cache_dir, dataset_info
+
+        st = root.resolve().stat()
+        key = hashlib.sha256(f"{root.resolve()}\n{st.st_size}\n{st.st_mtime_ns}".encode()).hexdigest()[:16]
+        return find_tree(extract(root, _cache_dir() / "extracted" / f"{root.name}-{key}"),
+                         dataset_info(dataset).name)
+    return root
+
+
 def prepare(dataset: str, root: str | Path, *, extract_to: str | Path | None = None,
             download: bool = False, subset: Limits | None = None) -> dict:
     """Resolve ``root`` (extracting an archive, taking a subset), load both splits, return what was found."""
     from ftbc.data import dataset_info, load_split
 
     info = dataset_info(dataset)
+    if str(root) == AUTO:
+        root = discover(info.name) or (CHECKOUT / "data" if download else None)
+        if root is None:
+            raise DataError(f"data_root is auto, and no {info.name} copy was found (looked at "
+                            f"{', '.join(map(str, candidates(info.name)))}): set data_root or {ROOT_ENV}")
     root = Path(root).expanduser()
     if (is_archive(root) or subset) and extract_to is None:
         raise DataError(f"give --extract-to, the folder to extract {root} into or to put the subset in")
@@ -149,7 +210,9 @@ def prepare(dataset: str, root: str | Path, *, extract_to: str | Path | None = N
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=add_help)
     p.add_argument("--dataset", required=True, help="cifar10, cifar100 or imagenet")
-    p.add_argument("--data-root", required=True, help="dataset folder, or a .tar.gz of one")
+    p.add_argument("--data-root", default=AUTO,
+                   help="dataset folder, or a .tar.gz of one; 'auto' (default) looks in the checkout's data/, "
+                        f"then ../shared/data/, then ${ROOT_ENV}")
     p.add_argument("--extract-to", help="where to extract an archive")
     p.add_argument("--download", action="store_true", help="let torchvision download CIFAR into --data-root")
     p.add_argument("--train-per-class", type=int, default=0, help="copy only this many training images per class")

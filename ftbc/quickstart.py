@@ -1,8 +1,9 @@
 """``ftbc quickstart``: the whole pipeline on CIFAR-10 in minutes on a laptop CPU.
 
 Trains the small VGG (``vgg_small``, recipe ``quick_cpu``) once, converts it
-with each chosen method, calibrates on training images, evaluates the full
-test set at every T and prints the accuracy-per-T table. Each method's files
+with each chosen method, calibrates on training images, evaluates a fixed
+2,000-image subset of the test set (``--n-test 0``: all of it) at every T and
+prints the accuracy-per-T table. Each method's files
 land in ``OUT/<method>/`` exactly as ``ftbc evaluate`` writes them, and the
 table in ``OUT/table.csv`` / ``OUT/table.md``. Rerunning reuses the trained
 ANN when its checkpoint is intact.
@@ -50,20 +51,23 @@ def cpu_budget(method: Method, ftbc_iterations: int = CPU_FTBC["ftbc.iterations"
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=add_help)
-    p.add_argument("--data-root", required=True, help="CIFAR-10: an ImageFolder copy or a torchvision folder")
+    p.add_argument("--data-root", default="auto",
+                   help="CIFAR-10: an ImageFolder copy, its .tar.gz or a torchvision folder; 'auto' (default) "
+                        "finds the copy (docs/data.md)")
     p.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10")
     p.add_argument("--out", default="runs/quickstart", help="output folder")
-    p.add_argument("--arch", default="vgg_small")
-    p.add_argument("--recipe", default="quick_cpu")
+    p.add_argument("--arch", default="vgg_small", help="a model of ftbc.models")
+    p.add_argument("--recipe", default="quick_cpu", help="a training recipe of ftbc/recipes or a YAML file")
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     p.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated registered methods, or 'all'")
     p.add_argument("--T", default="1,2,4,8,16,32", help="time steps to report")
     p.add_argument("--ftbc-iterations", type=int, default=CPU_FTBC["ftbc.iterations"],
                    help="FTBC iterations where the release's budget is too large for a CPU (it uses 100)")
-    p.add_argument("--n-test", type=int, default=0, help="evaluate on a fixed subset of the test set")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--n-test", type=int, default=2000,
+                   help="evaluate on a fixed subset of this many test images (default 2000; 0: all 10,000)")
+    p.add_argument("--seed", type=int, default=0, help="training and calibration seed")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (the progress lines stay)")
     return p
 
 
@@ -80,8 +84,11 @@ def main(args: argparse.Namespace) -> int:
     from ftbc.evaluation import load_eval_data, method_record, parse_T, run, write_outputs
     from ftbc.training import evaluate, load_model, resolve_act_kwargs, train
 
+    from ftbc.prepare import resolve_data_root
+
     out = Path(args.out)
     Ts = parse_T(args.T)
+    args.data_root = str(resolve_data_root("cifar10", args.data_root, download=args.download))
     names = list_methods() if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
     methods = [cpu_budget(get_method(m, "cifar10"), args.ftbc_iterations) for m in names]
     progress = not args.quiet

@@ -18,6 +18,7 @@ The simulator owns state: every neuron is reset at the start of each chunk.
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Iterable, Iterator, Literal
 
 import torch
@@ -27,8 +28,10 @@ from ftbc.neuron import IFNeuron, neurons
 
 StepMode = Literal["s", "m", "auto"]
 
-# Layer-major memory bound: at most this many samples (T x chunk) per stateless-layer call.
+# Layer-major memory bound: at most this many samples (T x chunk) per stateless-layer call,
+# and at most this many bytes of one layer's activations (off CUDA; on CUDA half the free memory).
 LAYER_MAJOR_SAMPLES = 4096
+LAYER_MAJOR_BUDGET = 2 * 1024**3
 STEP_MAJOR_CHUNK = 256
 
 
@@ -52,6 +55,33 @@ def default_chunk(mode: str, T: int) -> int:
     return STEP_MAJOR_CHUNK if mode == "s" else max(1, LAYER_MAJOR_SAMPLES // T)
 
 
+@torch.no_grad()
+def widest_layer(snn: nn.Module, x: Tensor) -> int:
+    """Values per image of the largest spiking layer's output, from one step of one image."""
+    sizes: list[int] = []
+    hooks = [n.register_forward_hook(lambda m, i, o: sizes.append(o[0].numel())) for _, n in neurons(snn)]
+    set_step_mode(snn, "s")
+    reset_net(snn)
+    try:
+        snn(x[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+        reset_net(snn)
+    return max(sizes, default=1)
+
+
+def layer_major_chunk(snn: nn.Module, x: Tensor, T: int) -> int:
+    """Images per layer-major chunk: at most ``LAYER_MAJOR_SAMPLES // T``, and few enough that
+    the widest layer's input, current and output over T x chunk samples fit the budget
+    (:data:`LAYER_MAJOR_BUDGET`; on CUDA, half the free device memory)."""
+    budget = LAYER_MAJOR_BUDGET
+    if x.device.type == "cuda":
+        budget = torch.cuda.mem_get_info(x.device)[0] // 2
+    per_image = 3 * T * widest_layer(snn, x) * max(x.element_size(), 4)
+    return max(1, min(default_chunk("m", T), budget // per_image))
+
+
 def _check_input(snn: nn.Module, x: Tensor) -> None:
     if x.dim() < 2:
         raise ValueError(f"expected input [N, C, H, W] (or [N, features]); got shape {tuple(x.shape)}")
@@ -64,7 +94,8 @@ def simulate(snn: nn.Module, x: Tensor, T: int, *, mode: StepMode = "auto", chun
     """Simulate ``snn`` for ``T`` steps on images ``x`` [N, ...]; returns outputs [T, N, K].
 
     The batch is processed in chunks (``chunk_size`` images; by default bounded so
-    memory stays flat for any T) and every neuron is reset before each chunk.
+    memory stays flat for any T: :data:`STEP_MAJOR_CHUNK` images step-major,
+    :func:`layer_major_chunk` layer-major) and every neuron is reset before each chunk.
     """
     if T < 1:
         raise ValueError(f"T must be >= 1, got {T}")
@@ -73,7 +104,7 @@ def simulate(snn: nn.Module, x: Tensor, T: int, *, mode: StepMode = "auto", chun
         mode = default_mode(x.device, x.shape[0], T)
     if mode not in ("s", "m"):
         raise ValueError(f"mode must be 's', 'm' or 'auto', got {mode!r}")
-    chunk = chunk_size or default_chunk(mode, T)
+    chunk = chunk_size or (layer_major_chunk(snn, x, T) if mode == "m" else default_chunk(mode, T))
     outs = [_simulate_chunk(snn, xc, T, mode) for xc in x.split(chunk)]
     return torch.cat(outs, dim=1)
 
@@ -117,7 +148,7 @@ def accuracy_per_step(
     if progress:
         from tqdm.auto import tqdm
 
-        it = tqdm(batches, desc=f"SNN T={T}", leave=False)
+        it = tqdm(batches, desc=f"SNN T={T}", leave=False, disable=not sys.stderr.isatty())
     for x, y in it:
         out = simulate(snn, x.to(device), T, mode=mode, chunk_size=chunk_size)
         correct += correct_per_step(out, y)

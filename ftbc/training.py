@@ -428,9 +428,8 @@ def fit(model: nn.Module, loader: Iterable, recipe: dict, device, *, progress: b
             ftbc_resume.save_state(out, model=ftbc_dist.unwrap(model), optimizer=optimizer, scheduler=scheduler,
                                    data_generator=data_generator, epoch=epoch, epochs=n_epochs,
                                    run_key=run_key or {}, metrics=metrics)
-        if progress:
-            log(f"epoch {epoch}/{n_epochs}  loss {stats['loss']:.4f}  train acc {stats['acc']:.2f}%  "
-                f"lr {lr:.4g}  {epoch_s:.1f}s")
+        log(f"epoch {epoch}/{n_epochs}  loss {stats['loss']:.4f}  train acc {stats['acc']:.2f}%  "
+            f"lr {lr:.4g}  {epoch_s:.1f}s")
     return metrics
 
 
@@ -555,7 +554,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                                 add_help=add_help)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="cifar10", help="cifar10, cifar100 or imagenet (default cifar10)")
-    g.add_argument("--data-root", required=True, help="folder of the dataset (see ftbc.data)")
+    g.add_argument("--data-root", default="auto",
+                   help="dataset folder or .tar.gz; 'auto' (default) finds the CIFAR-10 copy (docs/data.md)")
     g.add_argument("--download", action="store_true", help="download the dataset if torchvision can")
     g.add_argument("--holdout", type=int, default=0, help="training images held out of training (default 0)")
     g.add_argument("--holdout-seed", type=int, default=0, help="seed of the holdout split (default 0)")
@@ -581,7 +581,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     g.add_argument("--deterministic", action="store_true",
                    help="deterministic CUDA kernels (slower; CPU runs are deterministic anyway)")
-    g.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    g.add_argument("--quiet", action="store_true", help="no progress bars (the per-epoch lines stay)")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast (default: on for CUDA, off for CPU)")
     g.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
@@ -602,7 +602,10 @@ def main(args: argparse.Namespace) -> int:
     recipe = apply_overrides(load_recipe(args.recipe), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
     act_kwargs = resolve_act_kwargs(args.act, args.dataset, arch=args.arch, L=args.L, init_lambda=args.init_lambda,
                                     y_th=args.y_th)
-    metrics = train(dataset=args.dataset, data_root=args.data_root, arch=args.arch, act=args.act,
+    from ftbc.prepare import resolve_data_root
+
+    data_root = resolve_data_root(args.dataset, args.data_root, download=args.download)
+    metrics = train(dataset=args.dataset, data_root=data_root, arch=args.arch, act=args.act,
                     act_kwargs=act_kwargs, recipe=recipe, seed=args.seed, out=args.out, device=args.device,
                     num_workers=args.workers, download=args.download, holdout=args.holdout,
                     holdout_seed=args.holdout_seed, deterministic=args.deterministic, progress=not args.quiet,

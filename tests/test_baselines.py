@@ -122,12 +122,12 @@ def test_weight_calibration_lowers_the_layer_loss():
     name, n = spiking_layers(res.snn)[1]
     lname, layer = feeding_layer(res.snn, name)
     ctx = CalibrationContext(ann=res.ann, data=x, T=T)
-    inp, rest, a = _capture(res.snn, ctx, x, name, layer)
+    inp, rest, a = _capture(res.snn, ctx, x, name, lname, "auto")
     theta = n.theta(a.dim())
     before = layer_loss(layer, theta, T, inp, rest, a).item()
     from baselines.snnc import weight_calibration
 
-    weight_calibration(res.snn, ctx, samples=64, iterations=150, batch_size=32, lr=1e-3, chunk=32)
+    weight_calibration(res.snn, ctx, samples=64, iterations=150, batch_size=32, lr=1e-3, chunk=32, order="auto")
     after = layer_loss(layer, theta, T, inp, rest, a).item()
     assert after < before
     assert any(e["stage"] == "weight" for e in ctx.log)
@@ -247,6 +247,16 @@ def test_plugin_methods_reach_the_cli(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "ftbc", "methods"], capture_output=True, text=True,
                          env={**env, "FTBC_PLUGINS": "no_such_module_xyz"})
     assert bad.returncode == 2 and "FTBC_PLUGINS" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_plugin_modules_are_read_from_the_environment(monkeypatch):
+    from baselines import plugin_modules
+
+    monkeypatch.setenv("FTBC_PLUGINS", " my_a, ,my_b ")
+    assert plugin_modules() == ["my_a", "my_b"]  # what result.json records
+    assert plugin_modules("only_c") == ["only_c"]
+    monkeypatch.delenv("FTBC_PLUGINS")
+    assert plugin_modules() == []
 
 
 def test_methods_registered_by_tests_do_not_leak():

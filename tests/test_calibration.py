@@ -155,3 +155,20 @@ def test_bad_stage_parameters_are_rejected():
         convert(tiny_vgg(), method(nonsense=1), data=x, T=2)
     with pytest.raises(ValueError, match="solver"):
         convert(tiny_vgg(), method(solver="magic"), data=x, T=2)
+
+
+def test_long_runs_log_a_line_per_stage_ftbc_iteration_and_T(caplog):
+    """What ``tail -f`` on a job's log shows (the CLI sends these records to stdout)."""
+    from ftbc.evaluation import run
+
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 3, 16, 16), torch.randint(0, 10, (64,))
+    with caplog.at_level("INFO", logger="ftbc"):
+        run(model=tiny_vgg(), meta={"act": "relu", "arch": "tiny", "dataset": "toy"}, method=method(iterations=2),
+            Ts=[2], calib_data=x, test_batches=[(x, y)], ann_accuracy=0.0)
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line for line in lines if "FTBC iteration" in line] == ["T=2: FTBC iteration 1/2",
+                                                                      "T=2: FTBC iteration 2/2"]
+    assert any(line.startswith("T=2: stage ftbc done in ") for line in lines)
+    last = lines[-1]
+    assert last.startswith("t_ftbc T=2: converted and calibrated in ") and "accuracy t=2: " in last

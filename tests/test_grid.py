@@ -1,11 +1,13 @@
 """The workflow's grid (ftbc/grid.py) and data preparation (ftbc/prepare.py), without Snakemake."""
 
+import sys
 import tarfile
 
 import pytest
 import yaml
 from PIL import Image
 
+import baselines
 from baselines import get_method
 from ftbc import grid
 from ftbc.errors import DataError, UserError
@@ -48,6 +50,41 @@ def test_unknown_method_and_conflicting_anns_are_clear_errors():
     twice["anns"] = twice["anns"] + [{**twice["anns"][0], "recipe": "other"}]
     with pytest.raises(UserError, match="twice"):
         grid.anns(twice)
+
+
+@pytest.mark.parametrize("over, message", [
+    (dict(method_settings={"snnc_lite": {"threshold_positions": 4096}}),
+     "method_settings names unknown method(s) snnc_lite; registered: maxnorm"),
+    # a method the grid does not run is checked all the same
+    (dict(methods=["maxnorm"], method_settings={"snnc_light": {"threshold_positons": 4096}}),
+     "method snnc_light: unknown setting 'threshold_positons'"),
+    (dict(anns=[{"dataset": "cifar10", "arch": "vgg_smal", "activations": ["relu"], "recipe": "quick_cpu"}]),
+     "anns entry cifar10/vgg_smal: unknown arch 'vgg_smal'; models:"),
+    (dict(anns=[{"dataset": "cifar10", "arch": "vgg_small", "activations": ["relu"], "recipe": "quick_cpi"}]),
+     "anns entry cifar10/vgg_small: unknown recipe 'quick_cpi'"),
+    (dict(plugins=["no_such_plugin_module"]), "FTBC_PLUGINS names 'no_such_plugin_module', which cannot be imported"),
+])
+def test_check_rejects_names_the_jobs_would_not_know(over, message):
+    grid.check(_config())  # the valid grid passes
+    with pytest.raises(UserError) as e:
+        grid.check(_config(**over))
+    assert message in str(e.value)
+
+
+def test_plugins_register_their_methods_before_the_names_are_checked(tmp_path, monkeypatch):
+    (tmp_path / "my_grid_plugin.py").write_text(
+        "from baselines import get_method, register_method\n"
+        "import dataclasses\n"
+        "register_method(dataclasses.replace(get_method('maxnorm'), name='my_grid_method'))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(baselines, "_METHODS", dict(baselines._METHODS))  # the registration ends with the test
+    monkeypatch.delitem(sys.modules, "my_grid_plugin", raising=False)
+    c = _config(plugins=["my_grid_plugin"], methods=["my_grid_method"],
+                method_settings={"my_grid_method": {"threshold_batches": 3}})
+    grid.check(c)
+    assert {ev.method for ev in grid.evaluations(c)} == {"my_grid_method"}
+    assert grid.plugins(c) == ["my_grid_plugin"]
+    sys.modules.pop("my_grid_plugin")
 
 
 def test_resources_layer_defaults_top_level_and_entry():
@@ -102,6 +139,38 @@ def test_prepare_extracts_an_archive_and_takes_a_subset(tmp_path, monkeypatch):
     assert len(list((sub / "train").rglob("*.png"))) == 10 and len(list((sub / "test").rglob("*.png"))) == 30
     assert (sub / "train" / "cat" / "0000.png").is_symlink()
     assert make_subset(tree, sub, {"train": 3}) == sub
+
+
+def test_data_roots_are_found_and_archives_extracted_once(tmp_path, monkeypatch):
+    from ftbc import prepare as prep
+
+    monkeypatch.setenv("FTBC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(prep.ROOT_ENV, raising=False)
+    checkout = tmp_path / "checkout"
+    monkeypatch.setattr(prep, "CHECKOUT", checkout)
+    with pytest.raises(DataError, match=r"no cifar10 copy found \(looked at .*checkout/data/cifar10-jpeg, "):
+        prep.resolve_data_root("cifar10", None)
+    assert prep.resolve_data_root("cifar10", "auto", download=True) == checkout / "data"  # torchvision's
+    assert grid.raw_data_root({"data_root": "auto"}, "cifar10") == "auto"  # prepare_data says what is missing
+    # the archive beside the checkout (../shared/data) is found, extracted once into the cache, reused
+    shared = tmp_path / "shared" / "data"
+    shared.mkdir(parents=True)
+    tree = _tiny_cifar(tmp_path / "src" / "cifar10-jpeg")
+    with tarfile.open(shared / "cifar10-jpeg.tar.gz", "w:gz") as tar:
+        tar.add(tree, arcname="cifar10-jpeg")
+    found = prep.resolve_data_root("cifar10", None)
+    assert found.parent.parent == tmp_path / "cache" / "extracted" and (found / "train" / "cat").is_dir()
+    stamp = found.stat().st_mtime_ns
+    assert prep.resolve_data_root("cifar10", str(shared / "cifar10-jpeg.tar.gz")) == found  # the same archive
+    assert found.stat().st_mtime_ns == stamp
+    assert grid.raw_data_root({"data_root": "auto"}, "cifar10") == str(shared / "cifar10-jpeg.tar.gz")
+    # the checkout's own data/ comes first, then $FTBC_DATA_ROOT after the shared archive
+    (checkout / "data").mkdir(parents=True)
+    (checkout / "data" / "cifar10-jpeg").symlink_to(tree)
+    assert prep.resolve_data_root("cifar10", "auto") == checkout / "data" / "cifar10-jpeg"
+    assert prep.resolve_data_root("cifar10", tree) == tree  # a folder is itself
+    monkeypatch.setenv(prep.ROOT_ENV, str(tmp_path / "elsewhere"))
+    assert prep.candidates("cifar10")[-1] == tmp_path / "elsewhere"
 
 
 def test_prepare_names_what_is_wrong(tmp_path):

@@ -1,4 +1,5 @@
-"""FTBC's step-major pass on an ImageNet-sized input keeps memory independent of T.
+"""The step-major calibration passes on an ImageNet-sized input keep memory independent of T:
+FTBC's, and the rate pass of SNN Calibration's bias and potential stages.
 
 A reduced-width ImageNet VGG-16 (configuration D, channels / 8, 224 x 224, the
 7 x 7 x C head) is calibrated step-major; the process's peak resident memory
@@ -8,7 +9,9 @@ during the pass must stay under the budget formula
                    + 8 x max over layers of C H W)    # one step's transients
 
 plus a fixed allowance for the allocator, whatever T is; the layer-major pass
-would hold 3 x T x N x max C H W values at once instead.
+would hold 3 x T x N x max C H W values at once instead. (The rate pass holds the
+membranes of the layers up to the one it calibrates, and the running sums of that
+layer's input and output: within the same formula.)
 """
 
 import ast
@@ -21,7 +24,7 @@ import pytest
 import torch
 
 from ftbc import _memory
-from ftbc.calibration import layer_major_bytes, stepwise_ftbc_pass
+from ftbc.calibration import layer_major_bytes, rate_pass, stepwise_ftbc_pass
 from ftbc.conversion import convert, spiking_layers
 from ftbc.method import Method
 from ftbc.models.vgg import FEATURE_CFGS, VGG
@@ -49,33 +52,49 @@ def step_major_budget(snn, x: torch.Tensor) -> int:
     return 4 * x.shape[0] * (sum(sizes) + 8 * max(sizes))
 
 
-def _measure(T: int) -> tuple[int | None, int, int]:
-    """(peak bytes of one step-major pass, budget, bias steps filled) in this process."""
+def _bias_update(name, n, r, a) -> None:
+    n.offset = n.offset - (r - a).mean(dim=[0, *range(2, r.dim())])
+
+
+PASSES = {
+    "ftbc": lambda snn, ann, x, T: stepwise_ftbc_pass(snn, ann, x, T, 0.5),
+    "rate": lambda snn, ann, x, T: rate_pass(snn, ann, x, T, _bias_update, order="step"),
+}
+
+
+def _measure(T: int, kind: str) -> tuple[int | None, int, int]:
+    """(peak bytes of one step-major pass, budget, layers calibrated) in this process; for FTBC,
+    the number of bias steps filled in the layer with the fewest instead of the layer count."""
     torch.manual_seed(1)
     x = torch.randn(N, 3, 224, 224)
     res = convert(_reduced_vgg16(), METHOD, data=x, T=T)
     snn, ann = res.snn, res.ann
     budget = step_major_budget(snn, x)
     assert budget < 200 * 1024**2 and layer_major_bytes(ann, x, 32) > 4 * budget
-    peak, _ = _memory.peak_memory(lambda: stepwise_ftbc_pass(snn, ann, x, T, 0.5))
-    filled = min(int((n.bias.abs().sum(1) > 0).sum()) for _, n in spiking_layers(snn))
-    return peak, budget, filled
+    peak, _ = _memory.peak_memory(lambda: PASSES[kind](snn, ann, x, T))
+    if kind == "ftbc":
+        done = min(int((n.bias.abs().sum(1) > 0).sum()) for _, n in spiking_layers(snn))
+    else:
+        done = sum(int(n.offset.abs().sum() > 0) for _, n in spiking_layers(snn))
+    return peak, budget, done
 
 
-def _measure_in_a_fresh_process(T: int) -> tuple[int | None, int, int]:
+def _measure_in_a_fresh_process(T: int, kind: str) -> tuple[int | None, int, int]:
     """A process of its own: the resident-set peak of a long test session also holds what
     earlier tests left in the allocator, which is not this pass's memory."""
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-            f"import test_memory_scale as m; print(repr(m._measure({T})))")
+            f"import test_memory_scale as m; print(repr(m._measure({T}, {kind!r})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     return ast.literal_eval(out.stdout.strip().splitlines()[-1])
 
 
-def test_step_major_ftbc_pass_fits_the_budget_at_any_T():
-    (p4, budget, filled4), (p32, budget32, filled32) = (_measure_in_a_fresh_process(T) for T in (4, 32))
-    if p4 is None or p32 is None:
+@pytest.mark.parametrize("kind, Ts", [("ftbc", (4, 32)), ("rate", (2, 6))])
+def test_step_major_pass_fits_the_budget_at_any_T(kind, Ts):
+    (p1, budget, done1), (p2, budget2, done2) = (_measure_in_a_fresh_process(T, kind) for T in Ts)
+    if p1 is None or p2 is None:
         pytest.skip("no peak-memory probe on this system")
-    assert budget == budget32 and (filled4, filled32) == (4, 32)  # every step of every layer calibrated
-    assert max(p4, p32) <= budget + ALLOWANCE, (p4, p32, budget)
-    assert p32 <= p4 + 16 * 1024**2, (p4, p32)  # eight times the steps, no more memory
+    layers = 15  # 13 convolutions and 2 hidden linear layers, every one calibrated
+    assert budget == budget2 and (done1, done2) == (Ts if kind == "ftbc" else (layers, layers))
+    assert max(p1, p2) <= budget + ALLOWANCE, (p1, p2, budget)
+    assert p2 <= p1 + 16 * 1024**2, (p1, p2)  # three to eight times the steps, no more memory

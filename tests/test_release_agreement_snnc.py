@@ -67,12 +67,14 @@ def release_potential_correction(snn, ann, x):
     return {n: net.get_submodule(n).v0 for n in names}
 
 
+@pytest.mark.parametrize("order", ["layer", "step"])
 @pytest.mark.parametrize("make", [tiny_vgg, tiny_resnet])
-def test_bias_calibration_matches_the_release(make):
+def test_bias_calibration_matches_the_release(make, order):
     snn, ann, x = _setup(make, "snnc_light")
     theirs = release_bias_correction(snn, ann, x)
     ctx = CalibrationContext(ann=ann, data=x, T=T)
-    bias_calibration(snn, ctx, images=N)
+    bias_calibration(snn, ctx, images=N, order=order)
+    assert ctx.log == [{"stage": "bias", "order": order}]
     ours = {n: m.offset for n, m in spiking_layers(snn)}
     assert ours.keys() == theirs.keys()
     shift = {n: m.threshold / (2 * T) for n, m in spiking_layers(snn)}
@@ -81,12 +83,13 @@ def test_bias_calibration_matches_the_release(make):
         torch.testing.assert_close(ours[k], theirs[k].expand_as(ours[k]), rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("order", ["layer", "step"])
 @pytest.mark.parametrize("make", [tiny_vgg, tiny_resnet])
-def test_potential_calibration_matches_the_release(make):
+def test_potential_calibration_matches_the_release(make, order):
     snn, ann, x = _setup(make, "snnc_advanced")
     theirs = release_potential_correction(snn, ann, x)
     ctx = CalibrationContext(ann=ann, data=x, T=T)
-    potential_calibration(snn, ctx, images=N)
+    potential_calibration(snn, ctx, images=N, order=order)
     ours = {n: m.v0 for n, m in spiking_layers(snn)}
     for k in ours:
         assert ours[k].abs().max() > 0
@@ -130,16 +133,17 @@ def release_weight_calibration(snn, ann, x, *, iterations, batch_size, lr, seed)
     return {n: m.weight.detach() for n, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
 
 
-def test_weight_calibration_matches_the_release_for_a_few_iterations():
+@pytest.mark.parametrize("order", ["layer", "step"])
+def test_weight_calibration_matches_the_release_for_a_few_iterations(order):
     """Three Adam steps per layer (lr 1e-3 so that they show), float64, within 1e-9."""
     snn, ann, x = _setup(tiny_vgg, "snnc_advanced")
     theirs = release_weight_calibration(snn, ann, x, iterations=3, batch_size=8, lr=1e-3, seed=0)
     ctx = CalibrationContext(ann=ann, data=x, T=T, seed=0)
     before = {n: m.weight.clone() for n, m in snn.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
     # the stage draws its images with seed + 3: hand it the same images in the same order
-    order = torch.randperm(N, generator=torch.Generator().manual_seed(3))
-    ctx.data = x[torch.argsort(order)]
-    weight_calibration(snn, ctx, samples=N, iterations=3, batch_size=8, lr=1e-3, chunk=N)
+    drawn = torch.randperm(N, generator=torch.Generator().manual_seed(3))
+    ctx.data = x[torch.argsort(drawn)]
+    weight_calibration(snn, ctx, samples=N, iterations=3, batch_size=8, lr=1e-3, chunk=N, order=order)
     ours = {n: m.weight for n, m in snn.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
     changed = [k for k in ours if not torch.equal(ours[k], before[k])]
     assert len(changed) == len([n for n, _ in spiking_layers(snn)])  # every layer feeding a neuron moved

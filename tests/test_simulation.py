@@ -11,7 +11,8 @@ from _nets import tiny_resnet, tiny_vgg
 from ftbc.conversion import convert, spiking_layers
 from ftbc.method import Method
 from ftbc.neuron import IFNeuron
-from ftbc.simulation import accuracy_per_step, correct_per_step, simulate
+import ftbc.simulation as sim
+from ftbc.simulation import accuracy_per_step, correct_per_step, layer_major_chunk, simulate, widest_layer
 
 MAXNORM = Method(name="test_max", activation="relu", threshold="max", threshold_reduce="max",
                  v0=0.5, threshold_batches=2, threshold_batch_size=32)
@@ -79,6 +80,28 @@ def test_modes_agree_in_float32():
     a = simulate(snn, x, 12, mode="s")
     b = simulate(snn, x, 12, mode="m")
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_layer_major_chunks_fit_the_memory_budget(monkeypatch):
+    """The default layer-major chunk holds the widest layer's T x chunk activations (input,
+    current, output) within the budget, and still gives the unchunked outputs."""
+    x = torch.randn(40, 3, 16, 16)
+    snn = converted(tiny_vgg(), x)
+    widest = widest_layer(snn, x)
+    assert widest == 8 * 16 * 16  # tiny_vgg's first convolution: 8 channels at 16 x 16
+    T = 6
+    per_image = 3 * T * widest * 4
+    assert layer_major_chunk(snn, x, T) == 4096 // T  # the sample cap binds for a small net
+    monkeypatch.setattr(sim, "LAYER_MAJOR_BUDGET", 7 * per_image + per_image // 2)
+    assert layer_major_chunk(snn, x, T) == 7
+    seen = []
+    real = sim._simulate_chunk
+    monkeypatch.setattr(sim, "_simulate_chunk", lambda net, xc, T, mode: seen.append(len(xc)) or real(net, xc, T, mode))
+    out = simulate(snn, x, T, mode="m")
+    assert seen == [7] * 5 + [5]
+    torch.testing.assert_close(out, simulate(snn, x, T, mode="s"), rtol=1e-4, atol=1e-4)
+    monkeypatch.setattr(sim, "LAYER_MAJOR_BUDGET", 1)  # not even one image fits: one at a time
+    assert layer_major_chunk(snn, x, T) == 1
 
 
 def test_bad_input_shapes_and_T():

@@ -4,6 +4,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from ftbc import grid
+from ftbc.errors import UserError
 from ftbc.plots import figure_name
 
 
@@ -11,6 +12,11 @@ try:
     validate(config, "../schemas/config.schema.yaml", set_default=True)
 except WorkflowError as e:
     raise WorkflowError(grid.explain_validation(str(e))) from None
+
+try:
+    grid.check(config)
+except UserError as e:
+    raise WorkflowError(str(e)) from None
 
 WORK = config["workdir"]
 # logs/<workdir name>/<rule>/...: two grids run from one checkout never share a log file
@@ -74,6 +80,12 @@ def get_method_args(wildcards):
     if ho["holdout"] and ev.method in ho["holdout_methods"]:
         args.append(f"--holdout {ho['holdout']}")
     return " ".join(args)
+
+
+def get_plugins_env():
+    """``FTBC_PLUGINS=...`` for the jobs when the configuration names plugin modules."""
+    names = grid.plugins(config)
+    return f"FTBC_PLUGINS={','.join(names)} " if names else ""
 
 
 def get_resources(rule_name):

@@ -20,6 +20,7 @@ rule evaluate_snn:
         batch_size=config["evaluation"]["batch_size"],
         device=lambda wc: get_evaluation(wc).ann.device,
         out=lambda wc, output: os.path.dirname(output.result),
+        plugins=get_plugins_env(),
     threads: config["threads"]["evaluate"]
     resources:
         **get_resources("evaluate"),
@@ -30,7 +31,7 @@ rule evaluate_snn:
     benchmark:
         f"{WORK}/benchmarks/evaluate_snn/{{dataset}}/{{arch}}/seed{{seed}}/{{method}}/cal{{cseed}}/T{{steps}}.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} ftbc evaluate --checkpoint {input.checkpoint} --method {wildcards.method} "
+        "{params.plugins}OMP_NUM_THREADS={threads} ftbc evaluate --checkpoint {input.checkpoint} --method {wildcards.method} "
         "--T {wildcards.steps} --data-root {params.root:q} --seed {wildcards.cseed} {params.method_args} "
         "--n-test {params.n_test} --test-seed {params.test_seed} --calibration-transform {params.transform} "
         "--batch-size {params.batch_size} --device {params.device} "
