@@ -29,9 +29,11 @@ REFERENCE = "Wu et al., FTBC: Forward Temporal Bias Correction for Optimizing AN
 
 def with_ftbc(base: Method, name: str, params: Mapping[str, Any],
               per_dataset: Mapping[str, Mapping[str, Any]] | None = None,
-              base_per_dataset: Mapping[str, Mapping[str, Any]] | None = None, **changes: Any) -> Method:
+              base_per_dataset: Mapping[str, Mapping[str, Any]] | None = None, *, label: str = "",
+              **changes: Any) -> Method:
     """``base`` with its calibration replaced by FTBC (``params``: the stage's settings;
-    ``per_dataset``: the stage's settings per dataset; ``base_per_dataset``: other fields per dataset)."""
+    ``per_dataset``: the stage's settings per dataset; ``base_per_dataset``: other fields per dataset).
+    The result keeps the base's ``family``, so tables show it under its base."""
     overrides: dict[str, dict[str, Any]] = {ds: dict(p) for ds, p in (base_per_dataset or {}).items()}
     for ds, p in (per_dataset or {}).items():
         overrides.setdefault(ds, {}).update({f"ftbc.{k}": v for k, v in p.items()})
@@ -42,6 +44,7 @@ def with_ftbc(base: Method, name: str, params: Mapping[str, Any],
         dataset_overrides=overrides,
         summary=f"FTBC on {base.name}: " + base.summary,
         reference=REFERENCE,
+        label=label or f"FTBC ({base.label or base.name})",
         **changes,
     )
 
@@ -63,15 +66,16 @@ RTS_THRESHOLDS = dict(threshold_batches=12, threshold_batch_size=32)
 RTS_THRESHOLDS_IMAGENET = dict(threshold_batches=102, threshold_batch_size=128)
 
 VARIANTS = [
-    # name, base, paper params, ImageNet params, changes to the base, ImageNet changes to the base
-    ("ftbc_relu", SNNC_LIGHT, RELU_CIFAR, RELU_IMAGENET, dict(channelwise=True), {}),
-    ("ftbc_qcfs", QCFS, QCFS_IMAGENET, QCFS_IMAGENET, {}, {}),
-    ("ftbc_rts", RTS, RTS_CIFAR, RTS_IMAGENET, RTS_THRESHOLDS, RTS_THRESHOLDS_IMAGENET),
+    # name, the paper's label, base, paper params, ImageNet params, changes to the base, ImageNet changes
+    ("ftbc_relu", "FTBC (Ours*)", SNNC_LIGHT, RELU_CIFAR, RELU_IMAGENET, dict(channelwise=True), {}),
+    ("ftbc_qcfs", "FTBC (+QCFS)", QCFS, QCFS_IMAGENET, QCFS_IMAGENET, {}, {}),
+    ("ftbc_rts", "FTBC (+RTS)", RTS, RTS_CIFAR, RTS_IMAGENET, RTS_THRESHOLDS, RTS_THRESHOLDS_IMAGENET),
 ]
 
-for _name, _base, _cifar, _imagenet, _changes, _base_imagenet in VARIANTS:
+for _name, _label, _base, _cifar, _imagenet, _changes, _base_imagenet in VARIANTS:
     register_method(with_ftbc(_base, _name, _cifar, {"imagenet": _imagenet}, {"imagenet": _base_imagenet},
-                              **_changes))
-for _name, _base, _cifar, _imagenet, _changes, _base_imagenet in VARIANTS:
+                              label=_label, **_changes))
+for _name, _label, _base, _cifar, _imagenet, _changes, _base_imagenet in VARIANTS:
     register_method(with_ftbc(_base, f"{_name}_quantile", {**_cifar, **QUANTILE}, None,
-                              {"imagenet": _base_imagenet}, **_changes))
+                              {"imagenet": _base_imagenet}, label=_label.replace("FTBC", "FTBC quantile"),
+                              **_changes))

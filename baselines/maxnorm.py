@@ -14,6 +14,8 @@ from ftbc.calibration_pool import SNNC_LOADER
 
 MAXNORM = register_method(Method(
     name="maxnorm",
+    label="Max-norm",
+    family="max-norm",
     activation="relu",
     threshold="max",
     threshold_reduce="ema",

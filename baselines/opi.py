@@ -12,6 +12,8 @@ from baselines import Method, register_method
 
 OPI = register_method(Method(
     name="opi",
+    label="OPI",
+    family="OPI",
     activation="relu",
     threshold="max",
     threshold_reduce="ema",

@@ -12,6 +12,8 @@ from ftbc.calibration_pool import QCFS_LOADER
 
 QCFS = register_method(Method(
     name="qcfs",
+    label="QCFS",
+    family="QCFS",
     activation="qcfs",
     threshold="lambda",
     v0=0.5,

@@ -36,6 +36,8 @@ CFG = RTSConfig()
 
 RTS = register_method(Method(
     name="rts",
+    label="RTS",
+    family="RTS",
     activation="clip",
     threshold="max",
     threshold_reduce="max",

@@ -193,11 +193,13 @@ _COMMON = dict(
     shift=True,
     calibration_augmentation=SNNC_LOADER,  # the release's loader: crop, flip, AutoAugment, Cutout 16
     reference="Li et al., A Free Lunch From ANN: Towards Efficient, Accurate SNN Calibration, ICML 2021",
+    family="SNN Calibration",
 )
 
 # Registered first: the rows of a table go none, light, advanced.
 SNNC_NONE = register_method(Method(
     name="snnc_none",
+    label="SNNC (none)",
     stages=(),
     summary="ReLU ANN, max-activation thresholds (EMA of batch maxima), shift theta/2T, no calibration "
             "(SNNC's 'none' row)",
@@ -206,6 +208,7 @@ SNNC_NONE = register_method(Method(
 
 SNNC_LIGHT = register_method(Method(
     name="snnc_light",
+    label="SNNC light (BC)",
     stages=(Stage("bias"),),
     summary="ReLU ANN, MSE-searched thresholds, shift theta/2T, bias calibration",
     **_COMMON,
@@ -213,6 +216,7 @@ SNNC_LIGHT = register_method(Method(
 
 SNNC_ADVANCED = register_method(Method(
     name="snnc_advanced",
+    label="SNNC advanced (PC)",
     stages=(Stage("potential"),),
     dataset_overrides={"imagenet": {"stages": (Stage("weight"), Stage("potential"))}},
     summary="ReLU ANN, MSE-searched thresholds, shift theta/2T, potential calibration (weight calibration first on ImageNet)",

@@ -341,7 +341,16 @@ def main(args: argparse.Namespace) -> int:
 
 
 def method_record(method: Method) -> dict[str, Any]:
+    """The resolved method as ``result.json`` keeps it; ``rank`` is its place in the registry
+    (the tables' row order), ``label`` / ``family`` / ``calibration`` how the tables name it."""
+    from baselines import list_methods
+
     d = {k: v for k, v in method.__dict__.items() if k not in ("stages", "dataset_overrides")}
     d["stages"] = [{"name": s.name, **dict(s.params)} for s in method.stages]
     d["t_dependent"] = method.t_dependent
+    d["calibration"] = method.calibration
+    d["label"] = method.label or method.name
+    d["family"] = method.family or method.name
+    names = list_methods()
+    d["rank"] = names.index(method.name) if method.name in names else len(names)
     return d

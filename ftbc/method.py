@@ -60,6 +60,9 @@ class Method:
             (the releases tune FTBC per dataset).
         summary: one line for ``ftbc methods``.
         reference: the paper.
+        label: how the papers' tables name the row (``'SNNC light (BC)'``, ``'FTBC (+QCFS)'``).
+        family: the base method a row belongs to; FTBC on a base keeps the base's family,
+            so a paper table shows each base, then FTBC on it.
     """
 
     name: str
@@ -80,6 +83,8 @@ class Method:
     dataset_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     summary: str = ""
     reference: str = ""
+    label: str = ""
+    family: str = ""
 
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:
@@ -99,6 +104,16 @@ class Method:
             or self.threshold in T_DEPENDENT_RULES
             or any(STAGES[s.name].t_dependent for s in self.stages)
         )
+
+    @property
+    def calibration(self) -> str:
+        """What calibrates the SNN after conversion: 'none', 'FTBC', 'FTBC quantile' or the stage names."""
+        if not self.stages:
+            return "none"
+        ftbc = self.stage("ftbc")
+        if ftbc is not None:
+            return "FTBC quantile" if ftbc.params.get("solver") == "quantile" else "FTBC"
+        return "+".join(s.name for s in self.stages)
 
     def stage(self, name: str) -> Stage | None:
         return next((s for s in self.stages if s.name == name), None)

@@ -28,49 +28,68 @@ def figure_name(dataset: str, arch: str) -> str:
     return f"{dataset}_{arch}_accuracy.png"
 
 
+# line style by what calibrates the SNN: none, a base method's own stages, FTBC, FTBC's quantile solver
+LINE_STYLES = {"none": "-", "FTBC": "--", "FTBC quantile": ":"}
+OTHER_CALIBRATION = "-."
+MARKERS = "os^Dv"  # the methods of one panel, in row order
+
+
 def plot_accuracy_vs_T(acc: pd.DataFrame, published: pd.DataFrame, dataset: str, out_dir: Path) -> list[Path]:
-    """One PNG per architecture of ``dataset``: a line per method (mean over seeds), published points as rings."""
-    from ftbc.tables import match_published
+    """One PNG per architecture of ``dataset``, one panel per base method (family): a line per method
+    (mean over runs; colour = the base, line style = the calibration), its published points as rings
+    where there are any, the ANN accuracy of the panel's activation as a grey line."""
+    from ftbc.tables import NAMING, match_published, naming, row_order
 
     paths = []
-    acc = acc[acc["dataset"] == dataset]
+    acc = acc[acc["dataset"] == dataset].copy()
+    for key in NAMING:  # long tables written before the naming columns existed
+        if key not in acc:
+            acc[key] = acc["method"].map(lambda m, key=key: naming({"name": m})[key])
     pub = match_published(acc, published)
     for arch, a in acc.groupby("arch"):
-        fig, ax = plt.subplots(figsize=(8, 4.5))
-        for i, (method, m) in enumerate(a.groupby("method")):
-            color = plt.get_cmap("tab20")(i % 20)
-            curve = m.groupby("T")["accuracy"].agg(["mean", "std"]).reset_index()
-            ax.plot(curve["T"], curve["mean"], color=color, label=method, lw=1.5, ls=_style(method),
-                    marker="o" if len(curve) < 12 else None, ms=3)
-            if curve["std"].notna().any():
-                ax.fill_between(curve["T"], curve["mean"] - curve["std"], curve["mean"] + curve["std"],
-                                color=color, alpha=0.15, lw=0)
-            p = pub[(pub.arch == arch) & (pub.method == method)]
-            if not p.empty:
-                ax.scatter(p["T"], p["published"], facecolors="none", edgecolors=color, s=40, zorder=3)
-        ann = a["ann_accuracy"].groupby(a["activation"]).mean()
-        for act, v in ann.items():
-            ax.axhline(v, color="0.6", ls=":", lw=1)
-            ax.annotate(f"ANN {act} {v:.1f}", (a["T"].max(), v), fontsize=7, color="0.4", ha="right", va="bottom")
-        ax.set_xscale("log", base=2)
-        ticks = sorted(a["T"].unique())
-        ax.set_xticks([t for t in ticks if t & (t - 1) == 0], [str(t) for t in ticks if t & (t - 1) == 0])
-        ax.set_xlabel("time steps T")
-        ax.set_ylabel("top-1 accuracy (%)")
-        ax.set_title(f"{dataset} / {arch}  (rings: published)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), title="solid: base, dashed: FTBC,\n"
-                  "dotted: FTBC quantile", title_fontsize=6)
+        order = row_order(a)
+        families = list(dict.fromkeys(a.set_index("method").loc[order, "family"].drop_duplicates()))
+        cols = min(3, len(families))
+        rows = -(-len(families) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False, sharey=True)
+        for k, (ax, family) in enumerate(zip(axes.flat, families)):
+            color = plt.get_cmap("tab10")(k % 10)
+            f = a[a["family"] == family]
+            for j, method in enumerate(m for m in order if m in set(f["method"])):
+                m = f[f["method"] == method]
+                curve = m.groupby("T")["accuracy"].agg(["mean", "std"]).reset_index()
+                style = LINE_STYLES.get(m["calibration"].iloc[0], OTHER_CALIBRATION)
+                ax.plot(curve["T"], curve["mean"], color=color, ls=style, lw=1.6, label=m["label"].iloc[0],
+                        marker=MARKERS[j % len(MARKERS)] if len(curve) < 12 else None, ms=3.5,
+                        alpha=1.0 if style != OTHER_CALIBRATION else 0.75)
+                if curve["std"].notna().any():
+                    ax.fill_between(curve["T"], curve["mean"] - curve["std"], curve["mean"] + curve["std"],
+                                    color=color, alpha=0.12, lw=0)
+                p = pub[(pub.arch == arch) & (pub.method == method)]
+                if not p.empty:  # published rings only where there are published figures, no legend entry
+                    ax.scatter(p["T"], p["published"], facecolors="none", edgecolors=color, s=40, zorder=3,
+                               label="_nolegend_")
+            ann = f["ann_accuracy"].mean()
+            ax.axhline(ann, color="0.6", ls=":", lw=1)
+            ax.set_title(f"{family}  (ANN {ann:.1f} %)", fontsize=9)
+            ax.set_xscale("log", base=2)
+            ticks = sorted(a["T"].unique())
+            ax.set_xticks([t for t in ticks if t & (t - 1) == 0], [str(t) for t in ticks if t & (t - 1) == 0])
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="lower right")
+            if k % cols == 0:
+                ax.set_ylabel("top-1 accuracy (%)")
+            ax.set_xlabel("time steps T")
+        for ax in list(axes.flat)[len(families):]:
+            ax.set_visible(False)
+        note = "rings: published; " if not pub[pub.arch == arch].empty else ""
+        fig.suptitle(f"{dataset} / {arch}  ({note}solid: no calibration, dash-dot: the base's calibration, "
+                     f"dashed: FTBC, dotted: FTBC quantile)", fontsize=9)
+        fig.tight_layout()
         path = out_dir / figure_name(dataset, arch)
         _save(fig, path)
         paths.append(path)
     return paths
-
-
-def _style(method: str) -> str:
-    if method.endswith("_quantile"):
-        return ":"
-    return "--" if method.startswith("ftbc") else "-"
 
 
 def iteration_log(run_dirs: Iterable[Path]) -> pd.DataFrame:

@@ -80,14 +80,29 @@ def collect_accuracy(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
         acc["n_test"] = res.get("config", {}).get("n_test") or None
         if "calibration_transform" not in acc:  # results written before the setting existed: test transform
             acc["calibration_transform"] = "test"
+        for key, value in naming(res.get("method", {})).items():
+            acc[key] = value
         acc["run_dir"] = str(d)
         frames.append(acc)
     if not frames:
         raise UserError("no evaluation results given")
     df = pd.concat(frames, ignore_index=True)
     cols = KEYS + ["T", "accuracy", "ann_accuracy", "protocol", "calibration_transform", "T_run", "calibrate_s",
-                   "simulate_s", "recipe", "ann_commit", "n_test", "run_dir"]
+                   "simulate_s", "recipe", "ann_commit", "n_test", *NAMING, "run_dir"]
     return df[cols].sort_values(KEYS + ["T"], kind="stable").reset_index(drop=True)
+
+
+NAMING = ("label", "family", "calibration", "rank")
+
+
+def naming(method: dict[str, Any]) -> dict[str, Any]:
+    """How the tables name and order a method's rows, from its ``result.json`` record
+    (results written before these fields existed: by name, after the others)."""
+    name = method.get("name", "?")
+    stages = [s.get("name") for s in method.get("stages", [])]
+    return {"label": method.get("label") or name, "family": method.get("family") or name,
+            "calibration": method.get("calibration") or ("+".join(stages) if stages else "none"),
+            "rank": method.get("rank", 10_000)}
 
 
 def collect_spikes(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
@@ -150,7 +165,8 @@ def summarize(acc: pd.DataFrame, published: pd.DataFrame, spikes: pd.DataFrame, 
     g = acc.groupby(["dataset", "arch", "activation", "method", "T"])
     s = g.agg(mean=("accuracy", "mean"), std=("accuracy", "std"), runs=("accuracy", "size"),
               ann=("ann_accuracy", "mean"), ann_std=("ann_accuracy", "std"), protocol=("protocol", "first"),
-              calibrate_s=("calibrate_s", "mean")).reset_index()
+              calibrate_s=("calibrate_s", "mean"),
+              **{k: (k, "first") for k in NAMING if k in acc}).reset_index()
     s = s.merge(match_published(acc, published), on=["dataset", "arch", "method", "T"], how="left")
     s["diff"] = s["mean"] - s["published"]
     # conversion gaps (ANN - SNN): what a method loses, comparable across ANNs of different accuracy
@@ -161,34 +177,93 @@ def summarize(acc: pd.DataFrame, published: pd.DataFrame, spikes: pd.DataFrame, 
     return s.merge(sp.mean(), on=["dataset", "arch", "method", "T"], how="left")
 
 
-def _cell(mean: float, std: float, pub: float, latex: bool) -> str:
+PUBLISHED_STYLES = ("beside", "below", "none")
+CALIBRATION_ORDER = {"none": 0, "FTBC": 2, "FTBC quantile": 3}  # other stages (bias, potential, ...): 1
+
+
+def row_order(summary: pd.DataFrame) -> list[str]:
+    """Methods in the papers' order: each base family (in registry order), its rows without
+    FTBC first, then FTBC on it, then the quantile solver."""
+    m = summary.drop_duplicates("method").copy()
+    for key, default in (("rank", 10_000), ("family", None), ("calibration", "none")):
+        if key not in m:
+            m[key] = m["method"] if default is None else default
+    m["family_rank"] = m.groupby("family")["rank"].transform("min")
+    m["kind"] = m["calibration"].map(lambda c: CALIBRATION_ORDER.get(c, 1))
+    return m.sort_values(["family_rank", "kind", "rank", "method"])["method"].tolist()
+
+
+def _num(v: float, std: float = float("nan"), latex: bool = False) -> str:
     pm = r"$\pm$" if latex else "±"
-    text = f"{mean:.2f}" + (f" {pm} {std:.2f}" if pd.notna(std) else "")
-    if pd.notna(pub):
-        d = mean - pub
-        sign = ("$-$" if latex else "−") if d < 0 else "+"
-        text += f" / {pub:.2f} ({sign}{abs(d):.2f})"
-    return text
+    return f"{v:.2f}" + (f" {pm} {std:.2f}" if pd.notna(std) else "")
 
 
-def paper_table(summary: pd.DataFrame, dataset: str, *, latex: bool = False) -> pd.DataFrame:
-    """Rows: (arch, method) with the ANN accuracy; columns: T; cells 'ours ± std / published (diff)'."""
+def _bold(text: str, latex: bool) -> str:
+    return f"\\textbf{{{text}}}" if latex else f"**{text}**"
+
+
+def _versus(mean: float, pub: float, latex: bool) -> str:
+    d = mean - pub
+    sign = ("$-$" if latex else "−") if d < 0 else "+"
+    return f" / {pub:.2f} ({sign}{abs(d):.2f})"
+
+
+def paper_table(summary: pd.DataFrame, dataset: str, *, latex: bool = False, published: str = "beside") -> pd.DataFrame:
+    """Rows: (arch, the papers' method name) in the papers' order, with the ANN accuracy; columns: T.
+
+    A cell is our mean ± std over runs, the best per architecture and T in bold. ``published``:
+    ``'beside'`` adds ' / published (difference)' to each cell that has a published figure,
+    ``'below'`` puts a 'published' row under each method that has one, ``'none'`` shows ours only.
+    A cell with no published figure never borrows one.
+    """
+    if published not in PUBLISHED_STYLES:
+        raise UserError(f"published must be one of {', '.join(PUBLISHED_STYLES)}, got {published!r}")
     s = summary[summary["dataset"] == dataset]
     Ts = sorted(s["T"].unique())
+    label = dict(zip(s["method"], s["label"] if "label" in s else s["method"]))
+    order = {m: i for i, m in enumerate(row_order(s))}
+    best = s.groupby(["arch", "T"])["mean"].max()
     rows = []
-    for (arch, method), g in s.groupby(["arch", "method"], sort=True):
+    for (arch, method), g in sorted(s.groupby(["arch", "method"]), key=lambda kv: (kv[0][0], order[kv[0][1]])):
         g = g.set_index("T")
-        ann = _cell(g["ann"].iloc[0], g["ann_std"].iloc[0], g["published_ann"].dropna().iloc[0]
-                    if g["published_ann"].notna().any() else float("nan"), latex)
-        row = {"arch": arch, "method": method, "ANN": ann}
+        pub_ann = g["published_ann"].dropna().iloc[0] if g["published_ann"].notna().any() else float("nan")
+        ann = _num(g["ann"].iloc[0], g["ann_std"].iloc[0], latex)
+        if published == "beside" and pd.notna(pub_ann):
+            ann += _versus(g["ann"].iloc[0], pub_ann, latex)
+        row = {"arch": arch, "method": label[method], "ANN": ann}
         for T in Ts:
-            row[f"T={T}"] = _cell(g.at[T, "mean"], g.at[T, "std"], g.at[T, "published"], latex) if T in g.index else "–"
+            if T not in g.index:
+                row[f"T={T}"] = "–"
+                continue
+            text = _num(g.at[T, "mean"], g.at[T, "std"], latex)
+            if g.at[T, "mean"] >= best[(arch, T)] - 1e-9:
+                text = _bold(text, latex)
+            if published == "beside" and pd.notna(g.at[T, "published"]):
+                text += _versus(g.at[T, "mean"], g.at[T, "published"], latex)
+            row[f"T={T}"] = text
         tmax = max(g.index)
         synops = g.at[tmax, "synops_per_image"]
         row[f"SynOps/img at T={tmax} (M)"] = f"{synops / 1e6:.1f}" if pd.notna(synops) else "–"
-        row["calibration"] = g["protocol"].iloc[0]
         rows.append(row)
+        if published == "below" and g["published"].notna().any():
+            source = g["published_source"].dropna().iloc[0]
+            pub_row = {"arch": arch, "method": f"  published ({source})",
+                       "ANN": f"{pub_ann:.2f}" if pd.notna(pub_ann) else "–"}
+            pub_row.update({f"T={T}": f"{g.at[T, 'published']:.2f}" if T in g.index and pd.notna(g.at[T, "published"])
+                            else "–" for T in Ts})
+            pub_row[f"SynOps/img at T={tmax} (M)"] = "–"
+            rows.append(pub_row)
     return pd.DataFrame(rows).set_index(["arch", "method"])
+
+
+def protocol_note(summary: pd.DataFrame, dataset: str) -> str:
+    """The footnote saying how each row's number was chosen (never on the test set), and on what data."""
+    s = summary[summary["dataset"] == dataset]
+    label = dict(zip(s["method"], s["label"] if "label" in s else s["method"]))
+    parts = []
+    for protocol, g in s.drop_duplicates("method").groupby("protocol", sort=False):
+        parts.append(f"{protocol}: {', '.join(label[m] for m in row_order(g))}")
+    return "Calibration protocol. " + "; ".join(parts) + "."
 
 
 def gap_table(summary: pd.DataFrame, dataset: str) -> pd.DataFrame:
@@ -215,17 +290,27 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_latex(table: pd.DataFrame, caption: str) -> str:
-    """A booktabs table ready to paste (needs \\usepackage{booktabs})."""
+def to_latex(table: pd.DataFrame, caption: str, *, label: str = "", note: str = "") -> str:
+    """A booktabs table ready to paste (``\\usepackage{booktabs, graphicx}``), scaled to the column
+    width, with ``\\label`` and the protocol note under it; produced by pandas' ``Styler.to_latex``."""
+    esc = lambda v: str(v).replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$")  # noqa: E731
     t = table.reset_index()
-    esc = lambda s: str(s).replace("_", r"\_").replace("%", r"\%")  # noqa: E731
-    head = " & ".join(esc(c) for c in t.columns)
-    body = "\n".join(" & ".join(esc(v) if "$" not in str(v) else str(v).replace("_", r"\_") for v in r) + r" \\"
-                     for r in t.itertuples(index=False))
-    caption = esc(caption).replace("±", r"$\pm$")
-    return "\n".join([r"\begin{table}[t]", r"\centering", r"\small", f"\\caption{{{caption}}}",
-                      r"\begin{tabular}{" + "l" * 3 + "r" * (len(t.columns) - 4) + "l}", r"\toprule", head + r" \\",
-                      r"\midrule", body, r"\bottomrule", r"\end{tabular}", r"\end{table}", ""])
+    t.columns = [esc(c) for c in t.columns]
+    t = t.map(lambda v: v if "$" in str(v) or "\\textbf" in str(v) else esc(v))
+    body = t.style.hide(axis="index").to_latex(
+        hrules=True, column_format="ll" + "r" * (len(t.columns) - 2), position="t", position_float="centering",
+        caption=esc(caption), label=label or None)
+    body = body.replace("\\begin{tabular}", "\\resizebox{\\columnwidth}{!}{%\n\\begin{tabular}", 1)
+    body = body.replace("\\end{tabular}", "\\end{tabular}}" + (f"\n\\par\\footnotesize {esc(note)}" if note else ""), 1)
+    return body
+
+
+def to_html(table: pd.DataFrame, caption: str, note: str = "") -> str:
+    """The same table as an HTML page (the workflow report shows it)."""
+    t = table.reset_index()
+    t = t.map(lambda v: str(v).replace("**", "<b>", 1).replace("**", "</b>", 1) if str(v).count("**") == 2 else v)
+    html = t.style.hide(axis="index").set_caption(caption).to_html()
+    return f"<html><body>{html}<p><small>{note}</small></p></body></html>\n"
 
 
 # -- CLI ------------------------------------------------------------------------------
@@ -238,7 +323,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="published figures (CSV: source,dataset,arch,method,ann_acc,T,acc,note)")
     p.add_argument("--T", default="1,2,4,8,16,32", help="time steps shown in the paper-style tables")
     p.add_argument("--out", required=True, help="output folder (accuracy.csv, spikes.csv, paper tables)")
-    p.add_argument("--figures", help="folder for the PNG figures (default OUT/figures)")
+    p.add_argument("--figures", help="folder for the PNG figures (OUT/figures when not given)")
+    p.add_argument("--published-style", choices=PUBLISHED_STYLES, default="beside",
+                   help="published figures in each cell (beside), in a row under each method (below), or not at all")
     return p
 
 
@@ -256,11 +343,18 @@ def main(args: argparse.Namespace) -> int:
     write_text(out / "accuracy.csv", acc.to_csv(index=False))
     write_text(out / "spikes.csv", spikes.to_csv(index=False))
     write_text(out / "summary.csv", summary.to_csv(index=False))
+    style = args.published_style
     for dataset in sorted(summary["dataset"].unique()):
-        caption = (f"SNN top-1 accuracy (%) on {dataset} at each T: ours (mean ± std over seeds) / published "
-                   "(difference); SynOps in millions per image.")
-        write_text(out / f"{dataset}.md", f"{caption}\n\n" + to_markdown(paper_table(summary, dataset)))
-        write_text(out / f"{dataset}.tex", to_latex(paper_table(summary, dataset, latex=True), caption))
+        caption = (f"SNN top-1 accuracy (%) on {dataset} at each T: ours (mean ± std over runs; the best per "
+                   "architecture and T in bold)" + {"beside": " / published (difference)",
+                                                     "below": ", published figures in the row below",
+                                                     "none": ""}[style] + "; SynOps in millions per image.")
+        note = protocol_note(summary, dataset)
+        table = paper_table(summary, dataset, published=style)
+        write_text(out / f"{dataset}.md", f"{caption}\n\n" + to_markdown(table) + f"\n{note}\n")
+        write_text(out / f"{dataset}.tex", to_latex(paper_table(summary, dataset, latex=True, published=style),
+                                                     caption, label=f"tab:{dataset}-accuracy", note=note))
+        write_text(out / f"{dataset}.html", to_html(table, caption, note))
         write_text(out / f"{dataset}_gaps.md",
                    "Conversion gap (ANN - SNN, points) against the published gap at each T; calibration "
                    "wall time per run.\n\n" + to_markdown(gap_table(summary, dataset)))

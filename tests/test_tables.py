@@ -74,15 +74,52 @@ def test_paper_table_shows_mean_std_over_seeds_and_the_published_figure(runs, pu
     acc = tables.collect_accuracy(runs)
     summary = tables.summarize(acc, tables.load_published(published), tables.collect_spikes(runs), [1, 2, 4])
     table = tables.paper_table(summary, "cifar10")
+    assert list(table.index) == [("tiny", "Max-norm"), ("tiny", "SNNC light (BC)")]  # the papers' names, in order
     at4 = acc[(acc.method == "maxnorm") & (acc["T"] == 4)]["accuracy"]
     mean, std = at4.mean(), at4.std()
-    cell = table.loc[("tiny", "maxnorm"), "T=4"]
+    cell = table.loc[("tiny", "Max-norm"), "T=4"]
     diff = mean - 50.0
-    assert cell == f"{mean:.2f} ± {std:.2f} / 50.00 ({'−' if diff < 0 else '+'}{abs(diff):.2f})"
-    assert "/" not in table.loc[("tiny", "snnc_light"), "T=4"]  # no published figure: none borrowed
-    assert table.loc[("tiny", "maxnorm"), "ANN"].startswith("66.00 ± 0.00 / 70.00")
-    latex = tables.to_latex(tables.paper_table(summary, "cifar10", latex=True), "cap")
-    assert r"\toprule" in latex and r"$\pm$" in latex and "snnc\\_light" in latex
+    assert cell.replace("**", "") == f"{mean:.2f} ± {std:.2f} / 50.00 ({'−' if diff < 0 else '+'}{abs(diff):.2f})"
+    assert "/" not in table.loc[("tiny", "SNNC light (BC)"), "T=4"]  # no published figure: none borrowed
+    assert table.loc[("tiny", "Max-norm"), "ANN"].startswith("66.00 ± 0.00 / 70.00")
+    # the best mean per T is bold (every one of a tie), and only it
+    for T in (1, 2, 4):
+        means = summary[summary["T"] == T].set_index("label")["mean"]
+        bold = [lab for lab in means.index if table.loc[("tiny", lab), f"T={T}"].startswith("**")]
+        assert bold == [lab for lab in means.index if means[lab] == means.max()], T
+    assert "calibration" not in table.columns  # the protocol is a footnote
+    note = tables.protocol_note(summary, "cifar10")
+    assert "no calibration: Max-norm" in note and "SNNC light (BC)" in note
+    latex = tables.to_latex(tables.paper_table(summary, "cifar10", latex=True), "cap", label="tab:x", note=note)
+    for part in (r"\toprule", r"$\pm$", r"\label{tab:x}", r"\resizebox{\columnwidth}", r"\textbf{",
+                 "SNNC light (BC)", "Calibration protocol"):
+        assert part in latex, part
+
+
+def test_published_figures_beside_below_or_not_at_all(runs, published):
+    acc = tables.collect_accuracy(runs)
+    summary = tables.summarize(acc, tables.load_published(published), tables.collect_spikes(runs), [1, 2, 4])
+    below = tables.paper_table(summary, "cifar10", published="below")
+    assert list(below.index) == [("tiny", "Max-norm"), ("tiny", "  published (paper X)"), ("tiny", "SNNC light (BC)")]
+    assert below.loc[("tiny", "  published (paper X)"), "T=4"] == "50.00"
+    assert below.loc[("tiny", "  published (paper X)"), "T=2"] == "–"
+    assert "/" not in below.loc[("tiny", "Max-norm"), "T=4"]
+    none = tables.paper_table(summary, "cifar10", published="none")
+    assert not none.map(lambda v: "/" in str(v)).any().any() and len(none) == 2
+    with pytest.raises(UserError, match="beside, below, none"):
+        tables.paper_table(summary, "cifar10", published="left")
+
+
+def test_rows_go_each_base_then_ftbc_on_it():
+    from baselines import get_method
+    from ftbc.evaluation import method_record
+
+    names = ["ftbc_qcfs_quantile", "ftbc_relu", "qcfs", "snnc_light", "maxnorm", "ftbc_qcfs", "snnc_none", "opi"]
+    summary = pd.DataFrame([{"method": n, **tables.naming(method_record(get_method(n)))} for n in names])
+    assert tables.row_order(summary) == ["maxnorm", "opi", "snnc_none", "snnc_light", "ftbc_relu", "qcfs",
+                                         "ftbc_qcfs", "ftbc_qcfs_quantile"]
+    old = pd.DataFrame({"method": ["zeta", "alpha"]})  # results without naming: by name
+    assert tables.row_order(old) == ["alpha", "zeta"]
 
 
 def test_gap_table_puts_our_conversion_gap_beside_the_published_one(runs, published):
@@ -103,8 +140,8 @@ def test_cli_writes_tables_and_figures(runs, published, tmp_path):
     args = tables.get_args_parser().parse_args([*map(str, runs), "--published", str(published), "--T", "1,2,4",
                                                 "--out", str(out)])
     assert tables.main(args) == 0
-    for name in ("accuracy.csv", "spikes.csv", "summary.csv", "cifar10.md", "cifar10.tex", "cifar10_gaps.md",
-                 "run.yaml"):
+    for name in ("accuracy.csv", "spikes.csv", "summary.csv", "cifar10.md", "cifar10.tex", "cifar10.html",
+                 "cifar10_gaps.md", "run.yaml"):
         assert (out / name).stat().st_size > 0
     for png in ("cifar10_tiny_accuracy.png", "ftbc_iterations.png"):
         assert (out / "figures" / png).read_bytes()[:4] == b"\x89PNG"

@@ -45,7 +45,7 @@ def get_final_output():
 def get_tables():
     out = [f"{RESULTS}/{name}" for name in ("accuracy.csv", "spikes.csv", "summary.csv")]
     for d in grid.datasets(config):
-        out += [f"{RESULTS}/{d}.md", f"{RESULTS}/{d}.tex"]
+        out += [f"{RESULTS}/{d}.md", f"{RESULTS}/{d}.tex", f"{RESULTS}/{d}.html"]
     out += [f"{RESULTS}/figures/{figure_name(d, a)}" for d, a in grid.figure_keys(config)]
     return out + [f"{RESULTS}/figures/ftbc_iterations.png"]
 

@@ -9,6 +9,11 @@ rule tables:
         summary=f"{RESULTS}/summary.csv",
         markdown=[f"{RESULTS}/{d}.md" for d in grid.datasets(config)],
         latex=[f"{RESULTS}/{d}.tex" for d in grid.datasets(config)],
+        html=report(
+            [f"{RESULTS}/{d}.html" for d in grid.datasets(config)],
+            category="Tables",
+            caption="../report/paper_table.rst",
+        ),
         gaps=[f"{RESULTS}/{d}_gaps.md" for d in grid.datasets(config)],
         figures=report(
             [f"{RESULTS}/figures/{figure_name(d, a)}" for d, a in grid.figure_keys(config)],
