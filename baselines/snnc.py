@@ -62,7 +62,8 @@ def _one_batch(ctx, images: int) -> Tensor:
 
 
 # order: 'layer' (one layer-major pass), 'step' (the release's order: per layer a step-by-step
-# run, memory independent of T) or 'auto' (layer unless a layer's T steps pass a 2 GiB budget).
+# run, memory independent of T) or 'auto' (layer unless a layer's T steps pass 2 GiB; on CUDA, half
+# the free memory).
 @register_stage("bias", t_dependent=True, defaults=dict(images=CFG.calibration_images, order="auto"))
 def bias_calibration(snn: nn.Module, ctx, *, images: int, order: str) -> None:
     """BC: per channel, offset_c -= mean_{N,H,W}(r - a), r the SNN's mean rate over T steps."""

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from ftbc.neuron import IFNeuron, channel_view, if_step_, neurons
-from ftbc.simulation import LAYER_MAJOR_BUDGET, accuracy_per_step, reset_net, set_step_mode
+from ftbc.simulation import LAYER_MAJOR_BUDGET, accuracy_per_step, memory_budget, reset_net, set_step_mode
 
 logger = logging.getLogger(__name__)
 
@@ -151,11 +151,13 @@ ORDERS = ("auto", "layer", "step")
 
 def resolve_order(order: str, ann: nn.Module, x: Tensor, T: int) -> str:
     """``'layer'`` or ``'step'``: ``'auto'`` is the layer order unless one layer's activations
-    over all T steps (:func:`layer_major_bytes`) would pass :data:`LAYER_MAJOR_BUDGET`."""
+    over all T steps (:func:`layer_major_bytes`) would pass the memory budget
+    (:data:`LAYER_MAJOR_BUDGET` on CPU, half the free memory on a CUDA device)."""
     if order not in ORDERS:
         raise ValueError(f"order must be one of {', '.join(map(repr, ORDERS))}, got {order!r}")
     if order == "auto":
-        return "step" if layer_major_bytes(ann, x, T) > LAYER_MAJOR_BUDGET else "layer"
+        budget = LAYER_MAJOR_BUDGET if x.device.type != "cuda" else memory_budget(x.device)
+        return "step" if layer_major_bytes(ann, x, T) > budget else "layer"
     return order
 
 
@@ -456,7 +458,7 @@ def ftbc_stage(snn: nn.Module, ctx: Any, *, solver: str, alpha: float, iteration
     ``order`` (heuristic solver): ``'layer'`` runs each layer over all T steps at
     once (fastest), ``'step'`` all layers one step at a time (memory independent of
     T), ``'auto'`` the layer order unless its activations would pass
-    :data:`LAYER_MAJOR_BUDGET` bytes.
+    the memory budget of :func:`resolve_order`.
     """
     from ftbc.conversion import draw_batches
 

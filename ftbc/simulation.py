@@ -71,13 +71,19 @@ def widest_layer(snn: nn.Module, x: Tensor) -> int:
     return max(sizes, default=1)
 
 
+def memory_budget(device: torch.device | str) -> int:
+    """Bytes one layer's activations over all steps may take: half the free memory of a CUDA
+    device, :data:`LAYER_MAJOR_BUDGET` elsewhere."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] // 2
+    return LAYER_MAJOR_BUDGET
+
+
 def layer_major_chunk(snn: nn.Module, x: Tensor, T: int) -> int:
     """Images per layer-major chunk: at most ``LAYER_MAJOR_SAMPLES // T``, and few enough that
-    the widest layer's input, current and output over T x chunk samples fit the budget
-    (:data:`LAYER_MAJOR_BUDGET`; on CUDA, half the free device memory)."""
-    budget = LAYER_MAJOR_BUDGET
-    if x.device.type == "cuda":
-        budget = torch.cuda.mem_get_info(x.device)[0] // 2
+    the widest layer's input, current and output over T x chunk samples fit :func:`memory_budget`."""
+    budget = memory_budget(x.device)
     per_image = 3 * T * widest_layer(snn, x) * max(x.element_size(), 4)
     return max(1, min(default_chunk("m", T), budget // per_image))
 
