@@ -124,7 +124,7 @@ def observe_thresholds(gm: fx.GraphModule, method: Method, batches: Iterable[Ten
 
     def hook(name: str) -> Callable:
         def fn(module: nn.Module, inputs: Any, out: Tensor) -> None:
-            combine(name, batch_threshold(method.threshold, out, module=module, T=T,
+            combine(name, batch_threshold(method.threshold, out, method.threshold_settings, module=module, T=T,
                                           channelwise=method.channelwise, percentile=method.percentile,
                                           max_positions=method.threshold_positions))
         return fn

@@ -31,6 +31,7 @@ from torch import Tensor, fx, nn
 from ftbc._io import write_json, write_text
 from ftbc.calibration_pool import TRANSFORMS, CalibrationPool
 from ftbc.conversion import convert, spiking_layers
+from ftbc.energy import count_macs
 from ftbc.errors import UserError
 from ftbc.method import Method
 from ftbc.neuron import IFNeuron
@@ -151,6 +152,7 @@ def run(
     acc_rows, act_frames, details = [], [], {"runs": []}
     if isinstance(calib_data, CalibrationPool):
         details["calibration_data"] = calib_data.describe()
+    macs = None
     for T in runs:
         t0 = time.perf_counter()
         try:
@@ -170,6 +172,10 @@ def run(
         act_frames.append(activity.assign(T_run=T))
         details["runs"].append(dict(T=T, convert_calibrate_s=t1 - t0, simulate_s=sim_s, timings=conv.timings,
                                     log=conv.log))
+        if macs is None:  # per image, from one test image through the folded ANN
+            x0 = next(iter(test_batches))[0][:1].to(device)
+            macs = count_macs(conv.ann, x0)
+            details["macs"] = {"ann": macs.ann, "input_layer": macs.input_layer}
     transform = calib_data.transform_name if isinstance(calib_data, CalibrationPool) else "given"
     base = dict(dataset=meta.get("dataset"), arch=meta.get("arch"), activation=method.activation,
                 method=method.name, seed=seed, ann_accuracy=ann_accuracy,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ftbc.calibration_pool import CROP_FLIP
-from ftbc.thresholds import RULES, T_DEPENDENT_RULES
+from ftbc.thresholds import RULES, get_rule
 
 ACTIVATIONS = ("relu", "qcfs", "clip")
 
@@ -32,7 +32,9 @@ class Method:
     Attributes:
         name: registry name used in tables (``snnc_light``, ``ftbc_qcfs``, ...).
         activation: the ANN activation the method needs ('relu', 'qcfs', 'clip').
-        threshold: rule in :data:`ftbc.thresholds.RULES`.
+        threshold: a rule registered in :data:`ftbc.thresholds.RULES` (``register_threshold_rule``).
+        threshold_settings: settings of that rule beyond the ones below, over its defaults
+            (``{'quantile': 0.999}`` for a rule registered with that setting).
         threshold_reduce: 'ema' (momentum 0.9 over batches) or 'max' (running maximum).
         channelwise: one threshold per channel instead of per layer.
         percentile: for the 'percentile' rule.
@@ -72,6 +74,7 @@ class Method:
     channelwise: bool = False
     percentile: float = 99.99
     threshold_positions: int | None = None
+    threshold_settings: Mapping[str, Any] = field(default_factory=dict)
     threshold_batches: int | None = 7
     threshold_batch_size: int = 128
     v0: float = 0.0
@@ -91,6 +94,10 @@ class Method:
             raise ValueError(f"method {self.name}: activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.threshold not in RULES:
             raise ValueError(f"method {self.name}: unknown threshold rule {self.threshold!r}; choose from {sorted(RULES)}")
+        unknown = sorted(set(self.threshold_settings) - set(RULES[self.threshold].defaults))
+        if unknown:
+            raise ValueError(f"method {self.name}: threshold rule {self.threshold!r} has no setting(s) "
+                             f"{', '.join(unknown)}; it takes {', '.join(sorted(RULES[self.threshold].defaults)) or 'none'}")
         if self.threshold_reduce not in ("ema", "max"):
             raise ValueError(f"method {self.name}: threshold_reduce must be 'ema' or 'max'")
 
@@ -101,7 +108,7 @@ class Method:
 
         return (
             self.shift
-            or self.threshold in T_DEPENDENT_RULES
+            or get_rule(self.threshold).t_dependent
             or any(STAGES[s.name].t_dependent for s in self.stages)
         )
 
@@ -129,7 +136,10 @@ class Method:
         top: dict[str, Any] = {}
         stage_params: dict[str, dict[str, Any]] = {}
         for key, value in overrides.items():
-            if "." in key:
+            if key.startswith("threshold_settings."):  # one setting of the threshold rule
+                rule_settings = top.setdefault("threshold_settings", dict(self.threshold_settings))
+                rule_settings[key.split(".", 1)[1]] = value
+            elif "." in key:
                 stage_name, param = key.split(".", 1)
                 if self.stage(stage_name) is None:
                     have = [s.name for s in self.stages] or "none"

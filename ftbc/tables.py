@@ -23,6 +23,7 @@ import pandas as pd
 import yaml
 
 from ftbc._io import write_text
+from ftbc.energy import E_AC_PJ, ann_energy_uj, snn_energy_uj
 from ftbc.errors import UserError
 
 # seed: the calibration seed; ann_seed: the seed the ANN was trained with (a grid may vary both)
@@ -82,13 +83,16 @@ def collect_accuracy(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
             acc["calibration_transform"] = "test"
         for key, value in naming(res.get("method", {})).items():
             acc[key] = value
+        macs = res.get("macs") or {}
+        acc["ann_macs"] = macs.get("ann", float("nan"))
+        acc["input_macs"] = macs.get("input_layer", float("nan"))
         acc["run_dir"] = str(d)
         frames.append(acc)
     if not frames:
         raise UserError("no evaluation results given")
     df = pd.concat(frames, ignore_index=True)
     cols = KEYS + ["T", "accuracy", "ann_accuracy", "protocol", "calibration_transform", "T_run", "calibrate_s",
-                   "simulate_s", "recipe", "ann_commit", "n_test", *NAMING, "run_dir"]
+                   "simulate_s", "recipe", "ann_commit", "n_test", *NAMING, "ann_macs", "input_macs", "run_dir"]
     return df[cols].sort_values(KEYS + ["T"], kind="stable").reset_index(drop=True)
 
 
@@ -119,9 +123,10 @@ def collect_spikes(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
             Ts = [int(T_run)] if t_dependent else g["t"].astype(int).tolist()
             for T in Ts:
                 i = T - 1
+                synops = float(cum["synops_per_image"].iloc[i])
                 frames.append(dict(base, T=T, layer=layer, firing_rate=float(rate.iloc[i]),
                                    spikes_per_image=float(cum["spikes_per_image"].iloc[i]),
-                                   synops_per_image=float(cum["synops_per_image"].iloc[i])))
+                                   synops_per_image=synops, ac_energy_uj_per_image=synops * E_AC_PJ * 1e-6))
     return pd.DataFrame(frames)
 
 
@@ -166,7 +171,7 @@ def summarize(acc: pd.DataFrame, published: pd.DataFrame, spikes: pd.DataFrame, 
     s = g.agg(mean=("accuracy", "mean"), std=("accuracy", "std"), runs=("accuracy", "size"),
               ann=("ann_accuracy", "mean"), ann_std=("ann_accuracy", "std"), protocol=("protocol", "first"),
               calibrate_s=("calibrate_s", "mean"),
-              **{k: (k, "first") for k in NAMING if k in acc}).reset_index()
+              **{k: (k, "first") for k in (*NAMING, "ann_macs", "input_macs") if k in acc}).reset_index()
     s = s.merge(match_published(acc, published), on=["dataset", "arch", "method", "T"], how="left")
     s["diff"] = s["mean"] - s["published"]
     # conversion gaps (ANN - SNN): what a method loses, comparable across ANNs of different accuracy
@@ -174,7 +179,14 @@ def summarize(acc: pd.DataFrame, published: pd.DataFrame, spikes: pd.DataFrame, 
     s["published_gap"] = s["published_ann"] - s["published"]
     s["gap_diff"] = s["gap"] - s["published_gap"]
     sp = spikes_per_image(spikes).groupby(["dataset", "arch", "method", "T"], as_index=False)["synops_per_image"]
-    return s.merge(sp.mean(), on=["dataset", "arch", "method", "T"], how="left")
+    s = s.merge(sp.mean(), on=["dataset", "arch", "method", "T"], how="left")
+    # energy per image (ftbc.energy): accumulates of the spikes, MACs of the first layer on the analog input
+    for col in ("ann_macs", "input_macs"):
+        if col not in s:
+            s[col] = float("nan")
+    s["energy_uj"] = [snn_energy_uj(sy, T, m) for sy, T, m in zip(s["synops_per_image"], s["T"], s["input_macs"])]
+    s["ann_energy_uj"] = s["ann_macs"].map(ann_energy_uj)
+    return s
 
 
 PUBLISHED_STYLES = ("beside", "below", "none")
@@ -244,6 +256,9 @@ def paper_table(summary: pd.DataFrame, dataset: str, *, latex: bool = False, pub
         tmax = max(g.index)
         synops = g.at[tmax, "synops_per_image"]
         row[f"SynOps/img at T={tmax} (M)"] = f"{synops / 1e6:.1f}" if pd.notna(synops) else "–"
+        energy, ann_energy = g.at[tmax, "energy_uj"], g.at[tmax, "ann_energy_uj"]
+        row[f"energy/img at T={tmax} (µJ; ANN)"] = (f"{energy:.2f} ({ann_energy:.2f})" if pd.notna(energy)
+                                                    and pd.notna(ann_energy) else "–")
         rows.append(row)
         if published == "below" and g["published"].notna().any():
             source = g["published_source"].dropna().iloc[0]
@@ -252,6 +267,7 @@ def paper_table(summary: pd.DataFrame, dataset: str, *, latex: bool = False, pub
             pub_row.update({f"T={T}": f"{g.at[T, 'published']:.2f}" if T in g.index and pd.notna(g.at[T, "published"])
                             else "–" for T in Ts})
             pub_row[f"SynOps/img at T={tmax} (M)"] = "–"
+            pub_row[f"energy/img at T={tmax} (µJ; ANN)"] = "–"
             rows.append(pub_row)
     return pd.DataFrame(rows).set_index(["arch", "method"])
 
@@ -348,7 +364,9 @@ def main(args: argparse.Namespace) -> int:
         caption = (f"SNN top-1 accuracy (%) on {dataset} at each T: ours (mean ± std over runs; the best per "
                    "architecture and T in bold)" + {"beside": " / published (difference)",
                                                      "below": ", published figures in the row below",
-                                                     "none": ""}[style] + "; SynOps in millions per image.")
+                                                     "none": ""}[style] + "; SynOps in millions per image; estimated energy per "
+                   "image (0.9 pJ per accumulate, 4.6 pJ per multiply-accumulate on the first layer's input; "
+                   "the ANN's in parentheses).")
         note = protocol_note(summary, dataset)
         table = paper_table(summary, dataset, published=style)
         write_text(out / f"{dataset}.md", f"{caption}\n\n" + to_markdown(table) + f"\n{note}\n")

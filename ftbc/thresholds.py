@@ -11,6 +11,9 @@ releases do) or a running maximum.
   minimising || a - theta * clip(floor(a T / theta) / T, 0, 1) ||^2. Depends on T.
 - ``lambda``: the trained clipping level of a QCFS activation (theta = lambda).
 
+Rules are registered by name (:func:`register_threshold_rule`), so a new one
+(from a plugin module too) needs no edit here.
+
 Channel-wise thresholds (``channelwise=True``) apply to 4-D activations only,
 the outputs of convolutions [N, C, H, W]; a linear layer's [N, F] output keeps
 one threshold per layer. This is the SNN Calibration release's rule for its MSE
@@ -23,7 +26,8 @@ per layer anyway; channel-wise it is repeated over a convolution's channels.
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -113,21 +117,60 @@ def _lambda(a: Tensor, *, module: nn.Module, channelwise: bool, **_) -> Tensor:
     return theta.expand(a.shape[1]).clone() if channelwise else theta.clone()
 
 
-RULES: dict[str, Callable[..., Tensor]] = {
-    "max": _max,
-    "percentile": _percentile,
-    "mse": _mse,
-    "lambda": _lambda,
-}
-T_DEPENDENT_RULES = frozenset({"mse"})
+@dataclass(frozen=True)
+class ThresholdRule:
+    """A registered rule: ``fn(a, *, channelwise, T, module, **settings) -> theta`` per batch."""
+
+    fn: Callable[..., Tensor]
+    t_dependent: bool = False
+    defaults: Mapping[str, Any] = field(default_factory=dict)
 
 
-def batch_threshold(rule: str, a: Tensor, **kwargs) -> Tensor:
-    """Apply ``rule`` to one batch of activations (see module docstring)."""
+RULES: dict[str, ThresholdRule] = {}
+
+
+def register_threshold_rule(name: str, fn: Callable[..., Tensor] | None = None, *, t_dependent: bool = False,
+                            defaults: Mapping[str, Any] | None = None):
+    """Register a threshold rule by name, as methods and calibration stages are registered.
+
+    ``fn(a, *, channelwise, T, module, **settings)`` maps one batch of post-activation
+    values ``a`` to theta (scalar, or [C] when ``channelwise``); ``defaults`` are its
+    settings, which a method overrides with ``threshold_settings``; ``t_dependent``
+    says the threshold depends on T (each T then gets its own conversion). Usable as a
+    decorator. A rule defined outside the repository registers itself from a plugin
+    module (``FTBC_PLUGINS``), like a method.
+    """
+
+    def deco(f: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        if name in RULES:
+            raise ValueError(f"threshold rule {name!r} is already registered")
+        RULES[name] = ThresholdRule(f, t_dependent, dict(defaults or {}))
+        return f
+
+    return deco(fn) if fn is not None else deco
+
+
+register_threshold_rule("max", _max)
+register_threshold_rule("percentile", _percentile)
+register_threshold_rule("mse", _mse, t_dependent=True)
+register_threshold_rule("lambda", _lambda)
+
+
+def get_rule(rule: str) -> ThresholdRule:
     try:
-        fn = RULES[rule]
+        return RULES[rule]
     except KeyError:
         raise ValueError(f"unknown threshold rule {rule!r}; choose from {sorted(RULES)}") from None
+
+
+def batch_threshold(rule: str, a: Tensor, settings: Mapping[str, Any] | None = None, **kwargs) -> Tensor:
+    """Apply ``rule`` to one batch of activations (see module docstring), with the rule's
+    defaults overridden by ``settings`` (a method's ``threshold_settings``)."""
+    spec = get_rule(rule)
+    unknown = sorted(set(settings or {}) - set(spec.defaults))
+    if unknown:
+        raise ValueError(f"threshold rule {rule!r} has no setting(s) {', '.join(unknown)}; "
+                         f"it takes {', '.join(sorted(spec.defaults)) or 'none'}")
     if "channelwise" in kwargs:
         kwargs["channelwise"] = channelwise_for(a, kwargs["channelwise"])
-    return fn(a.detach(), **kwargs)
+    return spec.fn(a.detach(), **{**spec.defaults, **(settings or {}), **kwargs})

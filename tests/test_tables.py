@@ -96,6 +96,22 @@ def test_paper_table_shows_mean_std_over_seeds_and_the_published_figure(runs, pu
         assert part in latex, part
 
 
+def test_energy_per_image_in_the_summary_spikes_and_paper_table(runs, published):
+    from ftbc.energy import count_macs
+
+    acc = tables.collect_accuracy(runs)
+    spikes = tables.collect_spikes(runs)
+    summary = tables.summarize(acc, tables.load_published(published), spikes, [1, 2, 4])
+    macs = count_macs(tiny_vgg(), torch.randn(1, 3, 16, 16))
+    assert acc["ann_macs"].eq(macs.ann).all() and acc["input_macs"].eq(macs.input_layer).all()
+    row = summary[(summary.method == "maxnorm") & (summary["T"] == 4)].iloc[0]
+    assert row["energy_uj"] == pytest.approx((0.9 * row["synops_per_image"] + 4.6 * 4 * macs.input_layer) * 1e-6)
+    assert row["ann_energy_uj"] == pytest.approx(4.6 * macs.ann * 1e-6)
+    assert spikes["ac_energy_uj_per_image"].tolist() == pytest.approx((spikes["synops_per_image"] * 0.9e-6).tolist())
+    cell = tables.paper_table(summary, "cifar10").loc[("tiny", "Max-norm"), "energy/img at T=4 (µJ; ANN)"]
+    assert cell == f"{row['energy_uj']:.2f} ({row['ann_energy_uj']:.2f})"
+
+
 def test_published_figures_beside_below_or_not_at_all(runs, published):
     acc = tables.collect_accuracy(runs)
     summary = tables.summarize(acc, tables.load_published(published), tables.collect_spikes(runs), [1, 2, 4])
