@@ -39,7 +39,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ftbc.neuron import IFNeuron, channel_view, if_step_, neurons
+from ftbc.neuron import IFNeuron, channel_view, exact, if_step_, neurons
 from ftbc.simulation import LAYER_MAJOR_BUDGET, accuracy_per_step, memory_budget, reset_net, set_step_mode
 
 logger = logging.getLogger(__name__)
@@ -205,7 +205,7 @@ def time_means(snn: nn.Module, x: Tensor, T: int, name: str, inputs_of: Sequence
     sums: dict[str, Tensor] = {}  # running sums over steps, by module name
 
     def add(key: str, value: Tensor) -> None:
-        value = value.float() if value.dtype in (torch.float16, torch.bfloat16) else value
+        value = exact(value)
         sums[key] = sums[key] + value if key in sums else value.clone()
 
     def at_neuron(mod: nn.Module, i: Any, o: Tensor) -> None:
