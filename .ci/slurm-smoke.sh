@@ -5,7 +5,7 @@
 set -euo pipefail
 data=${1:?DATA_ROOT}; work=${2:?WORKDIR}
 # No accounting database here: squeue for status, no account.
-sm=(snakemake --workflow-profile workflow/profiles/slurm --configfile config/smoke.yaml
+sm=(snakemake --workflow-profile workflow/profiles/slurm --configfile config/smoke.yaml .ci/slurm-grid.yaml
     --config "data_root=$data" "workdir=$work" "results=$work/tables"
     --jobs 8 --slurm-status-command squeue --slurm-no-account --slurm-init-seconds-before-status-checks 2
     --seconds-between-status-checks 2

@@ -40,7 +40,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from ftbc import _reference, _spikingjelly
+from ftbc import _reference
+from ftbc import export_spikingjelly as _spikingjelly
 from ftbc._memory import peak_memory
 from ftbc.accel import PRECISIONS, auto_chunk, compile_neurons, fast_simulate, precision, to_channels_last
 from ftbc.calibration import ftbc_heuristic_update, layerwise_pass
@@ -134,7 +135,7 @@ def candidates(s: Setup, *, precision_mode: str = "fp32", channels_last: bool = 
     }
     if _spikingjelly.available():
         for key, mode in (("spikingjelly_single", "s"), ("spikingjelly_multi", "m")):
-            net = _spikingjelly.to_spikingjelly(s.snn, mode, T)
+            net = _spikingjelly.to_spikingjelly(s.snn, mode, T, node="plain")
             out[key] = lambda net=net: _spikingjelly.sj_simulate(net, s.x, T)
     return out
 
@@ -146,7 +147,7 @@ def spikingjelly_check(s: Setup) -> dict[str, Any]:
     ours = {m: simulate(s.snn, s.x, s.T, mode=m) for m in ("s", "m")}
     diff = {}
     for mode in ("s", "m"):
-        theirs = _spikingjelly.sj_simulate(_spikingjelly.to_spikingjelly(s.snn, mode, s.T), s.x, s.T)
+        theirs = _spikingjelly.sj_simulate(_spikingjelly.to_spikingjelly(s.snn, mode, s.T, node="plain"), s.x, s.T)
         diff[mode] = (theirs - ours[mode]).abs().max().item()
     return {"available": True, "version": _spikingjelly.version(), "max_abs_diff": diff,
             "identical": all(v == 0.0 for v in diff.values())}

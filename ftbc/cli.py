@@ -25,6 +25,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("ftbc.bench", "time SNN evaluation and an FTBC pass against T ANN passes, the releases and SpikingJelly"),
     "prepare-data": ("ftbc.prepare", "check a dataset (extracting an archive if given one) and cache it"),
     "tables": ("ftbc.tables", "aggregate evaluation outputs into the long table, paper tables and figures"),
+    "import-checkpoint": ("ftbc.checkpoint_import", "map a release's trained ANN (.pth) onto the suite's model"),
+    "export": ("ftbc.export", "write a saved calibrated SNN as a SpikingJelly module or a NIR graph"),
 }
 
 

@@ -169,21 +169,31 @@ def make_neuron(theta: Tensor, method: Method, T: int, *, after_add: bool = Fals
     return IFNeuron(threshold=theta, v0=method.v0 * theta, offset=offset)
 
 
-def swap_activations(gm: fx.GraphModule, thresholds: dict[str, Tensor], method: Method, T: int) -> fx.GraphModule:
-    """A copy of ``gm`` with every activation replaced by an IF neuron."""
+OUTPUT_NEURON = "output_neuron"  # the spiking classifier's neuron (RTS), after the last layer
+
+
+def place_neurons(gm: fx.GraphModule, make: Callable[[str], IFNeuron], *, spiking_classifier: bool) -> fx.GraphModule:
+    """A copy of ``gm`` with the activation at each site ``name`` replaced by ``make(name)``, and with
+    ``make('output')`` after the classifier when ``spiking_classifier``."""
     snn = copy.deepcopy(gm)
-    after_add = fed_by_addition(snn)
     for name, _ in activation_sites(snn):
-        _set_submodule(snn, name, make_neuron(thresholds[name], method, T, after_add=name in after_add))
-    if "output" in thresholds:
-        snn.add_submodule("output_neuron", make_neuron(thresholds["output"], method, T))
+        _set_submodule(snn, name, make(name))
+    if spiking_classifier:
+        snn.add_submodule(OUTPUT_NEURON, make("output"))
         out_node = next(n for n in snn.graph.nodes if n.op == "output")
         with snn.graph.inserting_before(out_node):
-            spk = snn.graph.call_module("output_neuron", (out_node.args[0],))
+            spk = snn.graph.call_module(OUTPUT_NEURON, (out_node.args[0],))
         out_node.args = (spk,)
     snn.graph.lint()
     snn.recompile()
     return snn.eval()
+
+
+def swap_activations(gm: fx.GraphModule, thresholds: dict[str, Tensor], method: Method, T: int) -> fx.GraphModule:
+    """A copy of ``gm`` with every activation replaced by the method's IF neuron."""
+    after_add = fed_by_addition(gm)
+    return place_neurons(gm, lambda name: make_neuron(thresholds[name], method, T, after_add=name in after_add),
+                         spiking_classifier="output" in thresholds)
 
 
 @dataclass

@@ -38,6 +38,8 @@ from ftbc.neuron import IFNeuron
 from ftbc.simulation import StepMode, correct_per_step, recording, simulate
 
 RESULT_FORMAT = 1
+# the columns accuracy.csv repeats on each row, before t, T_run, accuracy
+ROW_KEYS = ("dataset", "arch", "activation", "method", "seed", "ann_accuracy", "protocol", "calibration_transform")
 logger = logging.getLogger(__name__)
 PASS_THROUGH = (nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, nn.Identity)
 
@@ -128,6 +130,23 @@ def evaluate_snn(snn: fx.GraphModule, batches: Iterable[tuple[Tensor, Tensor]], 
     return correct.double() * 100.0 / total, pd.DataFrame(rows)
 
 
+def evaluate_at(snn: fx.GraphModule, method: str, t_dependent: bool, T: int, Ts: list[int],
+                test_batches: Iterable[tuple[Tensor, Tensor]], *, device: str = "cpu", mode: StepMode = "auto",
+                progress: bool = False, prepared_s: float | None = None,
+                ) -> tuple[list[dict[str, Any]], pd.DataFrame, float]:
+    """Simulate ``snn`` (calibrated for ``T``) on the test batches: the accuracy rows it reports
+    (every requested t <= T for a T-free method, only T otherwise), its activity, and the seconds taken."""
+    t1 = time.perf_counter()
+    acc, activity = evaluate_snn(snn, test_batches, T, device=device, mode=mode, progress=progress)
+    sim_s = time.perf_counter() - t1
+    steps = [T] if t_dependent else range(1, T + 1)  # a T-free run reports every t on the way
+    rows = [dict(t=t, T_run=T, accuracy=float(acc[t - 1])) for t in steps]
+    prepared = f"converted and calibrated in {prepared_s:.1f} s, " if prepared_s is not None else ""
+    logger.info("%s T=%d: %ssimulated in %.1f s; accuracy %s", method, T, prepared, sim_s,
+                ", ".join(f"t={t}: {float(acc[t - 1]):.2f} %" for t in steps if t in Ts))
+    return rows, activity.assign(T_run=T), sim_s
+
+
 def run(
     *,
     model: nn.Module,
@@ -142,8 +161,12 @@ def run(
     device: str = "cpu",
     mode: StepMode = "auto",
     progress: bool = False,
+    save_snn: str | Path | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """Convert, calibrate and evaluate ``model`` with ``method``; returns (accuracy, activity, details)."""
+    """Convert, calibrate and evaluate ``model`` with ``method``; returns (accuracy, activity, details).
+
+    ``save_snn``: a folder to write each calibrated SNN to (:mod:`ftbc.snn_file`).
+    """
     if meta.get("act") != method.activation:
         raise UserError(f"method {method.name} needs a {method.activation!r} ANN, but the checkpoint is "
                         f"{meta.get('act')!r} ({meta.get('arch')}); train one with --act {method.activation}")
@@ -152,6 +175,10 @@ def run(
     acc_rows, act_frames, details = [], [], {"runs": []}
     if isinstance(calib_data, CalibrationPool):
         details["calibration_data"] = calib_data.describe()
+    transform = calib_data.transform_name if isinstance(calib_data, CalibrationPool) else "given"
+    base = dict(dataset=meta.get("dataset"), arch=meta.get("arch"), activation=method.activation,
+                method=method.name, seed=seed, ann_accuracy=ann_accuracy,
+                protocol=protocol(method, holdout is not None), calibration_transform=transform)
     macs = None
     for T in runs:
         t0 = time.perf_counter()
@@ -161,25 +188,22 @@ def run(
         except ValueError as e:  # a setting out of range (ftbc.alpha=-1, ...), found where it is used
             raise UserError(f"method {method.name}: {' '.join(str(e).split())}") from None
         t1 = time.perf_counter()
-        acc, activity = evaluate_snn(conv.snn, test_batches, T, device=device, mode=mode, progress=progress)
-        sim_s = time.perf_counter() - t1
-        keep = range(1, T + 1) if not method.t_dependent else [T]
-        for t in keep:
-            if t in Ts or not method.t_dependent:
-                acc_rows.append(dict(t=t, T_run=T, accuracy=float(acc[t - 1])))
-        logger.info("%s T=%d: converted and calibrated in %.1f s, simulated in %.1f s; accuracy %s", method.name,
-                    T, t1 - t0, sim_s, ", ".join(f"t={t}: {float(acc[t - 1]):.2f} %" for t in keep if t in Ts))
-        act_frames.append(activity.assign(T_run=T))
-        details["runs"].append(dict(T=T, convert_calibrate_s=t1 - t0, simulate_s=sim_s, timings=conv.timings,
-                                    log=conv.log))
         if macs is None:  # per image, from one test image through the folded ANN
             x0 = next(iter(test_batches))[0][:1].to(device)
             macs = count_macs(conv.ann, x0)
             details["macs"] = {"ann": macs.ann, "input_layer": macs.input_layer}
-    transform = calib_data.transform_name if isinstance(calib_data, CalibrationPool) else "given"
-    base = dict(dataset=meta.get("dataset"), arch=meta.get("arch"), activation=method.activation,
-                method=method.name, seed=seed, ann_accuracy=ann_accuracy,
-                protocol=protocol(method, holdout is not None), calibration_transform=transform)
+        if save_snn is not None:
+            from ftbc.snn_file import save_snn as write_snn, snn_file_name
+
+            write_snn(Path(save_snn) / snn_file_name(T, method.t_dependent), conv.snn, ann_meta=meta,
+                      method=method_record(method), T=T, row=base, calibration_data=details.get("calibration_data"),
+                      macs=details["macs"], log=conv.log, test_images=getattr(test_batches, "n_images", None))
+        rows, activity, sim_s = evaluate_at(conv.snn, method.name, method.t_dependent, T, Ts, test_batches,
+                                            device=device, mode=mode, progress=progress, prepared_s=t1 - t0)
+        acc_rows += rows
+        act_frames.append(activity)
+        details["runs"].append(dict(T=T, convert_calibrate_s=t1 - t0, simulate_s=sim_s, timings=conv.timings,
+                                    log=conv.log))
     accuracy = pd.DataFrame([{**base, **r} for r in acc_rows])
     activity = pd.concat(act_frames, ignore_index=True).assign(method=method.name)
     return accuracy, activity, details
@@ -224,9 +248,14 @@ def parse_T(text: str) -> list[int]:
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Convert, calibrate and evaluate an SNN at every time step.",
                                 add_help=add_help)
-    p.add_argument("--checkpoint", required=True, help="model.safetensors (or its run folder) from ftbc train")
-    p.add_argument("--method", required=True, help="a registered method (ftbc methods)")
-    p.add_argument("--T", default="1,2,4,8,16,32", help="time steps to report: '1,2,4' or '1-32'")
+    p.add_argument("--checkpoint", help="model.safetensors (or its run folder) from ftbc train (required unless --snn)")
+    p.add_argument("--method", help="a registered method (ftbc methods; required unless --snn)")
+    p.add_argument("--T", default=None,
+                   help="time steps to report: '1,2,4' or '1-32' (default 1,2,4,8,16,32; with --snn, the saved T)")
+    p.add_argument("--save-snn", action="store_true",
+                   help="also write each calibrated SNN to --out (snn.safetensors, or snn-T<T>.safetensors per T)")
+    p.add_argument("--snn", metavar="DIR_OR_FILE",
+                   help="evaluate SNNs saved by --save-snn again, without converting or calibrating")
     p.add_argument("--data-root", default="auto",
                    help="dataset folder (ImageFolder tree or torchvision CIFAR) or .tar.gz; 'auto' (default) "
                         "finds the CIFAR-10 copy (docs/data.md)")
@@ -266,17 +295,29 @@ def load_eval_data(dataset: str, root: str, *, download: bool, holdout: int, n_t
 
     tf = build_transform(dataset, train=False)
     train = load_split(dataset, root, "train", download=download)
-    test = load_split(dataset, root, "test", transform=tf, download=download)
     pool = CalibrationPool(train, dataset, transform_name=calibration_transform)
     held = None
     if holdout:
         evaluated = copy.copy(train)
         evaluated.transform = tf
         held = _stack(Subset(evaluated, holdout_indices(len(train), holdout)))
+    test = load_test_batches(dataset, root, download=download, n_test=n_test, batch_size=batch_size,
+                             test_seed=test_seed, num_workers=num_workers)
+    return pool, held, test
+
+
+def load_test_batches(dataset: str, root: str, *, download: bool, n_test: int, batch_size: int,
+                      test_seed: int = 0, num_workers: int = 0) -> "TestBatches":
+    """The test split (or its fixed ``n_test`` subset drawn with ``test_seed``), test-time transform."""
+    from torch.utils.data import Subset
+
+    from ftbc.data import build_transform, load_split
+
+    test = load_split(dataset, root, "test", transform=build_transform(dataset, train=False), download=download)
     if n_test:
         g = torch.Generator().manual_seed(test_seed)
         test = Subset(test, torch.randperm(len(test), generator=g)[:n_test].sort().values.tolist())
-    return pool, held, TestBatches(test, batch_size, num_workers=num_workers)
+    return TestBatches(test, batch_size, num_workers=num_workers)
 
 
 class TestBatches:
@@ -317,7 +358,11 @@ def main(args: argparse.Namespace) -> int:
     from baselines import get_method, plugin_modules
     from ftbc.training import evaluate, load_model
 
-    Ts = parse_T(args.T)
+    if args.snn:
+        return main_saved(args)
+    if not args.checkpoint or not args.method:
+        raise UserError("give --checkpoint and --method (or --snn DIR to evaluate a saved SNN)")
+    Ts = parse_T(args.T or "1,2,4,8,16,32")
     model, meta = load_model(args.checkpoint, device=args.device)
     try:
         method = get_method(args.method, meta.get("dataset")).with_overrides(parse_overrides(args.overrides))
@@ -335,13 +380,62 @@ def main(args: argparse.Namespace) -> int:
     ann_acc = evaluate(model, test_batches, args.device)
     accuracy, activity, details = run(model=model, meta=meta, method=method, Ts=Ts, calib_data=calib,
                                       test_batches=test_batches, holdout=held, ann_accuracy=ann_acc,
-                                      seed=args.seed, device=args.device, mode=args.mode, progress=progress)
+                                      seed=args.seed, device=args.device, mode=args.mode, progress=progress,
+                                      save_snn=args.out if args.save_snn else None)
     out = Path(args.out)
     write_outputs(out, accuracy, activity, dict(
         config=vars(args), method=method_record(method), checkpoint=meta, ann_accuracy=ann_acc,
         plugins=plugin_modules(), **details))
     write_text(out / "run.yaml", yaml.safe_dump(vars(args), sort_keys=False))
     print(f"ANN accuracy {ann_acc:.2f} %  ({meta['arch']}, {meta['act']}, {meta['dataset']})")
+    print(accuracy[["method", "t", "accuracy"]].to_string(index=False))
+    return 0
+
+
+def main_saved(args: argparse.Namespace) -> int:
+    """``ftbc evaluate --snn``: the saved SNNs simulated on the test set; rows as when they were saved."""
+    from baselines import plugin_modules
+    from ftbc.prepare import resolve_data_root
+    from ftbc.snn_file import load_snn, snn_files
+
+    ignored = [f for f in ("checkpoint", "method", "overrides", "holdout", "save_snn") if getattr(args, f)]
+    if ignored:
+        raise UserError(f"--snn evaluates a saved, calibrated SNN; drop --{', --'.join(f.replace('_', '-') for f in ignored)}")
+    saved = [load_snn(f, device=args.device) for f in snn_files(args.snn)]
+    metas = [m for _, m in saved]
+    ann, method = metas[0]["ann"], metas[0]["method"]
+    t_dependent = bool(method["t_dependent"])
+    Ts = parse_T(args.T) if args.T else sorted(m["T"] for m in metas)
+    if t_dependent:
+        missing = sorted(set(Ts) - {m["T"] for m in metas})
+        if missing:
+            raise UserError(f"{method['name']} depends on T and was saved for T = {sorted(m['T'] for m in metas)}, "
+                            f"not {missing}")
+    elif max(Ts) > metas[0]["T"]:
+        raise UserError(f"this SNN was calibrated for T = {metas[0]['T']}; evaluate it at T <= {metas[0]['T']}")
+    root = resolve_data_root(ann["dataset"], args.data_root, download=args.download)
+    test_batches = load_test_batches(ann["dataset"], root, download=args.download, n_test=args.n_test,
+                                     batch_size=args.batch_size, test_seed=args.test_seed, num_workers=args.workers)
+    acc_rows, frames, runs = [], [], []
+    for snn, meta in saved:
+        T = meta["T"] if t_dependent else max(Ts)
+        if t_dependent and T not in Ts:
+            continue
+        rows, activity, sim_s = evaluate_at(snn, method["name"], t_dependent, T, Ts, test_batches,
+                                            device=args.device, mode=args.mode, progress=not args.quiet)
+        acc_rows += [{**{k: meta["row"][k] for k in ROW_KEYS}, **r} for r in rows]
+        frames.append(activity)
+        runs.append(dict(T=T, simulate_s=sim_s, saved_snn=str(snn_files(args.snn)[0].parent), log=meta.get("log")))
+    accuracy = pd.DataFrame(acc_rows)
+    activity = pd.concat(frames, ignore_index=True).assign(method=method["name"])
+    out = Path(args.out)
+    write_outputs(out, accuracy, activity, dict(
+        config=vars(args), method=method, checkpoint=ann, ann_accuracy=metas[0]["row"]["ann_accuracy"],
+        ann_accuracy_images=metas[0].get("test_images"), plugins=plugin_modules(), runs=runs,
+        macs=metas[0].get("macs"), calibration_data=metas[0].get("calibration_data")))
+    write_text(out / "run.yaml", yaml.safe_dump(vars(args), sort_keys=False))
+    print(f"saved SNN: {method['name']} on {ann['arch']} ({ann['act']}, {ann['dataset']}); ANN accuracy "
+          f"{metas[0]['row']['ann_accuracy']:.2f} % when saved")
     print(accuracy[["method", "t", "accuracy"]].to_string(index=False))
     return 0
 

@@ -328,10 +328,24 @@ def _unpickling_calls(path: Path) -> list[str]:
     return found
 
 
+# The one deliberate exception: the releases' .pth files are torch pickles, read with the
+# restricted unpickler (weights_only=True) by the import command and nowhere else.
+RELEASE_READER = "ftbc/checkpoint_import.py"
+
+
 def _suite_unpickling() -> list[str]:
     files = sorted((REPO_ROOT / "ftbc").rglob("*.py")) + sorted((REPO_ROOT / "baselines").rglob("*.py"))
     assert len(files) > 20, "the source tree was not found"
-    return [hit for f in files for hit in _unpickling_calls(f)]
+    return [hit for f in files for hit in _unpickling_calls(f)
+            if not (hit.startswith(RELEASE_READER + ":") and hit.endswith(": torch.load"))]
+
+
+def test_the_release_reader_loads_weights_only() -> None:
+    """Every torch.load call in the import command passes weights_only=True."""
+    tree = ast.parse((REPO_ROOT / RELEASE_READER).read_text())
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and ast.unparse(n.func) == "torch.load"]
+    assert calls and all(any(k.arg == "weights_only" and ast.unparse(k.value) == "True" for k in c.keywords)
+                         for c in calls)
 
 
 def test_the_scan_finds_unpickling(tmp_path: Path, monkeypatch) -> None:

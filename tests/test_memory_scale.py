@@ -62,9 +62,10 @@ PASSES = {
 }
 
 
-def _measure(T: int, kind: str) -> tuple[int | None, int, int]:
-    """(peak bytes of one step-major pass, budget, layers calibrated) in this process; for FTBC,
-    the number of bias steps filled in the layer with the fewest instead of the layer count."""
+def _measure(T: int, kind: str) -> tuple[int | None, int, int, int]:
+    """(peak bytes of one step-major pass, budget, layers calibrated, bytes one more step would add
+    to a layer-major pass) in this process; for FTBC, the number of bias steps filled in the layer
+    with the fewest instead of the layer count."""
     torch.manual_seed(1)
     x = torch.randn(N, 3, 224, 224)
     res = convert(_reduced_vgg16(), METHOD, data=x, T=T)
@@ -76,10 +77,10 @@ def _measure(T: int, kind: str) -> tuple[int | None, int, int]:
         done = min(int((n.bias.abs().sum(1) > 0).sum()) for _, n in spiking_layers(snn))
     else:
         done = sum(int(n.offset.abs().sum() > 0) for _, n in spiking_layers(snn))
-    return peak, budget, done
+    return peak, budget, done, layer_major_bytes(ann, x, 1)
 
 
-def _measure_in_a_fresh_process(T: int, kind: str) -> tuple[int | None, int, int]:
+def _measure_in_a_fresh_process(T: int, kind: str) -> tuple[int | None, int, int, int]:
     """A process of its own: the resident-set peak of a long test session also holds what
     earlier tests left in the allocator, which is not this pass's memory."""
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
@@ -91,10 +92,13 @@ def _measure_in_a_fresh_process(T: int, kind: str) -> tuple[int | None, int, int
 
 @pytest.mark.parametrize("kind, Ts", [("ftbc", (4, 32)), ("rate", (2, 6))])
 def test_step_major_pass_fits_the_budget_at_any_T(kind, Ts):
-    (p1, budget, done1), (p2, budget2, done2) = (_measure_in_a_fresh_process(T, kind) for T in Ts)
+    (p1, budget, done1, per_step), (p2, budget2, done2, _) = (_measure_in_a_fresh_process(T, kind) for T in Ts)
     if p1 is None or p2 is None:
         pytest.skip("no peak-memory probe on this system")
     layers = 15  # 13 convolutions and 2 hidden linear layers, every one calibrated
     assert budget == budget2 and (done1, done2) == (Ts if kind == "ftbc" else (layers, layers))
     assert max(p1, p2) <= budget + ALLOWANCE, (p1, p2, budget)
-    assert p2 <= p1 + 16 * 1024**2, (p1, p2)  # three to eight times the steps, no more memory
+    # More steps, no more memory: a layer-major pass would add per_step bytes for every extra step
+    # (38 MB here); the step-major peaks scatter by up to about 50 MB from run to run whatever T is
+    # (fresh processes, same T), so the bound is half the layer-major growth, not a fixed margin.
+    assert p2 - p1 <= (Ts[1] - Ts[0]) * per_step / 2, (p1, p2, per_step)

@@ -31,7 +31,7 @@ ARCH = {
     "resnet20_qcfs": dict(sites=1 + 18, convs=1 + 18 + 2, bn=True, avgpools=0, size=32),
     "resnet20_rts": dict(sites=3 + 16, convs=3 + 16 + 3, bn=False, bias=False, avgpools=1, size=32),
     "resnet20_snnc": dict(sites=1 + 18, convs=1 + 18 + 2, bn=True, avgpools=0, size=32),
-    "resnet20_snnc_icml": dict(sites=3 + 16, convs=3 + 16 + 3, bn=True, avgpools=1, size=32),
+    "resnet20_snnc_icml": dict(sites=3 + 16 + 1, convs=3 + 16 + 3, bn=True, avgpools=0, size=32),
     "resnet18_cifar": dict(sites=1 + 16, convs=1 + 16 + 3, bn=True, avgpools=0, size=32),
     "resnet34_snnc": dict(sites=3 + 32, convs=3 + 32 + 3, bn=True, avgpools=1, size=224),
     "resnet34_qcfs": dict(sites=1 + 32, convs=1 + 32 + 3, bn=True, avgpools=0, size=224),
@@ -192,6 +192,9 @@ def test_lineage_details():
     assert [len(s) for s in icml.stages] == [2, 2, 2, 2]
     assert [m.out_channels for m in icml.stem if isinstance(m, nn.Conv2d)] == [64, 64, 64]
     assert icml.fc.in_features == 512 and icml.fc.bias is not None
+    # the release's stem subsamples with its third conv; its head pool is a conv + ReLU (a spiking site)
+    assert [m.stride for m in icml.stem if isinstance(m, nn.Conv2d)] == [(1, 1), (1, 1), (2, 2)]
+    assert not any(isinstance(m, nn.AvgPool2d) for m in icml.stem) and type(icml.pool_act) is type(icml.stem[2])
     assert not any(isinstance(m, nn.Dropout) for m in icml.modules())
 
 

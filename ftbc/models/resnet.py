@@ -17,9 +17,12 @@ The same name means different networks in different papers (METHODS.md section 7
   (The release's training and simulation scripts hand the model a boolean
   where the dropout probability goes; the suite keeps the model's own
   default, 0.2, as METHODS.md section 7 does.)
-- ``resnet20_snnc_icml``: the ResNet-20 of the ICML 2021 SNN Calibration: the
-  same stem, AvgPool(2) and stages, but BN after every conv (bias-free convs),
-  no Dropout, and global average pooling into a biased Linear(512, classes).
+- ``resnet20_snnc_icml``: the ResNet-20 of the ICML 2021 SNN Calibration
+  release (``ResNet_Cifar_Modified``): a stem of three conv3x3 (64) whose third
+  conv has stride 2 (no stem pooling), the same stages, BN after every conv
+  (bias-free convs), no Dropout, and global average pooling followed by an
+  activation (the release averages with a fixed depthwise conv + ReLU, a
+  spiking layer after conversion) into a biased Linear(512, classes).
 - ``resnet20_snnc``: the later SNN Calibration ResNet-20: one-conv stem (64),
   [3, 3, 3] blocks of 64-128-256.
 - ``resnet18_cifar``: CIFAR-style ResNet-18, conv3x3 stride-1 stem (64),
@@ -116,6 +119,10 @@ class ResNet(nn.Module):
             (AdaptiveAvgPool2d): 1 is global average pooling; a size equal to
             the final map at the design resolution (RTS: 2 at 32 x 32) makes
             it the identity there, so the head sees the flattened map.
+        pool_act: an activation after ``global_pool`` (the ICML-era SNN Calibration
+            release averages with a depthwise conv followed by ReLU, so its SNN
+            has a spiking layer there; in the ANN it is the identity on
+            non-negative inputs).
         fc_bias: whether ``fc`` carries a bias.
         num_classes: outputs of ``fc``.
         in_chans: input channels.
@@ -136,6 +143,7 @@ class ResNet(nn.Module):
         conv_bias: Optional[bool] = None,
         drop_rate: float = 0.0,
         pool_size: int = 1,
+        pool_act: bool = False,
         fc_bias: bool = True,
         num_classes: int = 10,
         in_chans: int = 3,
@@ -170,6 +178,7 @@ class ResNet(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
         self.global_pool = nn.AdaptiveAvgPool2d(pool_size)
+        self.pool_act = act_layer() if pool_act else nn.Identity()
         self.flatten = nn.Flatten(1)
         self.fc = nn.Linear(ch * pool_size * pool_size, num_classes, bias=fc_bias)
         self.num_classes = num_classes
@@ -182,7 +191,7 @@ class ResNet(nn.Module):
         return self.stages(self.stem(x))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.flatten(self.global_pool(self.forward_features(x))))
+        return self.fc(self.flatten(self.pool_act(self.global_pool(self.forward_features(x)))))
 
 
 def _create_resnet(variant: str, pretrained: bool = False, **kwargs) -> ResNet:
@@ -223,9 +232,10 @@ def resnet20_rts(pretrained: bool = False, **kwargs) -> ResNet:
 
 @register_model
 def resnet20_snnc_icml(pretrained: bool = False, **kwargs) -> ResNet:
-    """ICML-2021 SNNC ResNet-20: 3-conv stem 64 + BN, AvgPool(2), [2, 2, 2, 2] x 64-512, global pool, Linear(512)."""
+    """ICML-2021 SNNC ResNet-20: 3-conv stem 64 + BN (the third with stride 2), [2, 2, 2, 2] x 64-512,
+    global pool + activation, Linear(512)."""
     model_args = dict(layers=(2, 2, 2, 2), channels=(64, 128, 256, 512),
-                      stem=((64, 1), (64, 1), (64, 1)), stem_pool=(2, 2, 0))
+                      stem=((64, 1), (64, 1), (64, 2)), pool_act=True)
     return _create_resnet("resnet20_snnc_icml", pretrained, **dict(model_args, **kwargs))
 
 
