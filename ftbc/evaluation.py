@@ -401,7 +401,8 @@ def main_saved(args: argparse.Namespace) -> int:
     ignored = [f for f in ("checkpoint", "method", "overrides", "holdout", "save_snn") if getattr(args, f)]
     if ignored:
         raise UserError(f"--snn evaluates a saved, calibrated SNN; drop --{', --'.join(f.replace('_', '-') for f in ignored)}")
-    saved = [load_snn(f, device=args.device) for f in snn_files(args.snn)]
+    files = snn_files(args.snn)
+    saved = [load_snn(f, device=args.device) for f in files]
     metas = [m for _, m in saved]
     ann, method = metas[0]["ann"], metas[0]["method"]
     t_dependent = bool(method["t_dependent"])
@@ -425,7 +426,7 @@ def main_saved(args: argparse.Namespace) -> int:
                                             device=args.device, mode=args.mode, progress=not args.quiet)
         acc_rows += [{**{k: meta["row"][k] for k in ROW_KEYS}, **r} for r in rows]
         frames.append(activity)
-        runs.append(dict(T=T, simulate_s=sim_s, saved_snn=str(snn_files(args.snn)[0].parent), log=meta.get("log")))
+        runs.append(dict(T=T, simulate_s=sim_s, saved_snn=str(files[0].parent), log=meta.get("log")))
     accuracy = pd.DataFrame(acc_rows)
     activity = pd.concat(frames, ignore_index=True).assign(method=method["name"])
     out = Path(args.out)
