@@ -63,7 +63,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--arch", default="vgg_small", help="a model of ftbc.models")
     p.add_argument("--recipe", default="quick_cpu", help="a training recipe of ftbc/recipes or a YAML file")
     p.add_argument("--epochs", type=int, default=QUICK_EPOCHS,
-                   help=f"training epochs (default {QUICK_EPOCHS}; 0: the recipe's own, 5 for quick_cpu)")
+                   help=f"training epochs (default {QUICK_EPOCHS}; the quick_cpu recipe itself has 5)")
     p.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated registered methods, or 'all'")
     p.add_argument("--T", default="1,2,4,8,16,32", help="time steps to report")
     p.add_argument("--ftbc-iterations", type=int, default=CPU_FTBC["ftbc.iterations"],
@@ -108,7 +108,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"training {args.arch} ({act}) on CIFAR-10 -> {ckpt.parent}")
             train(dataset="cifar10", data_root=args.data_root, arch=args.arch, act=act,
                   act_kwargs=resolve_act_kwargs(act, "cifar10"), recipe=args.recipe,
-                  seed=args.seed, out=ckpt.parent, device=args.device, epochs=args.epochs or None,
+                  seed=args.seed, out=ckpt.parent, device=args.device, epochs=args.epochs,
                   download=args.download, progress=progress)
             models[act] = load_model(ckpt, device=args.device)
     calib, held, test_batches = load_eval_data("cifar10", args.data_root, download=args.download, holdout=0,
