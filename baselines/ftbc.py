@@ -1,4 +1,4 @@
-"""FTBC on each base (Wu et al., ECCV 2024; METHODS.md section 5).
+"""FTBC on each base (Wu et al., ECCV 2024; docs/methods.md section 5).
 
 FTBC composes with any base method: :func:`with_ftbc` keeps the base's ANN,
 thresholds and neuron and replaces its calibration stages by the FTBC stage

@@ -1,4 +1,4 @@
-"""QCFS (Bu et al., ICLR 2022; METHODS.md section 3).
+"""QCFS (Bu et al., ICLR 2022; docs/methods.md section 3).
 
 The ANN is trained with the quantisation-clip-floor-shift activation
 (``ftbc.models.activations.QCFS``: L levels, trainable lambda initialised to

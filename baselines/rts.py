@@ -1,4 +1,4 @@
-"""RTS: ReLU with threshold and shift (Deng & Gu, ICLR 2021; METHODS.md section 4).
+"""RTS: ReLU with threshold and shift (Deng & Gu, ICLR 2021; docs/methods.md section 4).
 
 The ANN is trained with a clipped ReLU (``ClipReLU``, one y_th for all layers,
 no BN). Conversion: theta = the layer's maximum activation on training data

@@ -1,4 +1,4 @@
-"""SNN Calibration (Li, Deng, Dong, Gong, Gu, "A Free Lunch From ANN", ICML 2021; METHODS.md section 2).
+"""SNN Calibration (Li, Deng, Dong, Gong, Gu, "A Free Lunch From ANN", ICML 2021; docs/methods.md section 2).
 
 A ReLU ANN (BN folded), thresholds from SNNC's MSE search over
 {max * (1 - 0.01 k)} against a T-level clip-floor quantiser (EMA 0.9 over 7

@@ -7,7 +7,7 @@ neuron's parameters, so they double as independent checks in the tests.
   with an out-of-place IF neuron (``v = v + x``; ``s = (v >= theta)``;
   ``v = v - s * theta``), the loop of the SNNC/QCFS/FTBC releases.
 - :func:`release_ftbc_pass`: one FTBC calibration pass done the release's
-  way (METHODS.md section 5, "cost trap"): for every spiking layer and every
+  way (docs/methods.md section 5.5, "cost trap"): for every spiking layer and every
   step, recompute the ANN forward for the target and advance the *whole*
   network one step, O(layers^2 x T) layer evaluations per batch.
 """

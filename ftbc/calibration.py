@@ -1,4 +1,4 @@
-"""Calibration after conversion: one driver, and FTBC (METHODS.md section 5).
+"""Calibration after conversion: one driver, and FTBC (docs/methods.md section 5).
 
 The driver, :func:`layerwise_pass`, runs one layer-major forward of a
 calibration batch through the SNN. When the forward reaches a spiking layer,

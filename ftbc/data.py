@@ -8,7 +8,7 @@ the cache instead of decoding 60,000 JPEGs again. ImageNet stays a lazy
 
 Calibration and hold-out draws use their own seeded ``torch.Generator``, so
 they do not depend on the global RNG, the device or the number of workers.
-Normalisation constants follow METHODS.md section 7.
+Normalisation constants follow docs/methods.md section 7.
 """
 
 from __future__ import annotations

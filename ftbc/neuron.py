@@ -1,4 +1,4 @@
-"""The integrate-and-fire neuron (METHODS.md section 1), the one every method uses.
+"""The integrate-and-fire neuron (docs/methods.md section 1), the one every method uses.
 
 At step t = 0..T-1 (the paper's t = 1..T), with input current x(t)::
 

@@ -11,7 +11,7 @@ differences are handled or left to training:
   folded into the BN running mean (``mu <- mu - b``), which gives the same
   function in eval mode and the same gradients in training mode (batch
   statistics subtract it anyway);
-- torchvision max-pools, the suite average-pools (METHODS.md section 1): the
+- torchvision max-pools, the suite average-pools (docs/methods.md section 1): the
   imported network is not the same function, so fine-tune it
   (``ftbc train --init-from FILE``) before converting.
 

@@ -1,9 +1,10 @@
 """Training recipes as data: one YAML file per lineage in ``ftbc/recipes/``.
 
 A recipe holds the optimiser, schedule and augmentation of one published (or
-suite-chosen) training setup; each file names its source in METHODS.md. The
-trainer reads a recipe through :func:`load_recipe`, which checks every key, so
-a misspelt key or a wrong type fails before any epoch runs.
+suite-chosen) training setup; each file names its source (its section numbers
+are those of docs/methods.md). The trainer reads a recipe through
+:func:`load_recipe`, which checks every key, so a misspelt key or a wrong type
+fails before any epoch runs.
 
 Keys (all required in a file):
 

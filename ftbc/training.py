@@ -54,9 +54,9 @@ from ftbc.loaders import EVAL_BATCH_SIZE, build_loaders  # noqa: F401  (public h
 from ftbc.recipes import load_recipe, validate_recipe
 
 ACTS = ("relu", "qcfs", "clip")
-# Clip level of RTS's clipped ReLU by dataset (METHODS.md section 4).
+# Clip level of RTS's clipped ReLU by dataset (docs/methods.md section 4).
 DEFAULT_Y_TH = {"cifar10": 1.0, "cifar100": 2.0, "imagenet": 3.0}
-# QCFS quantisation steps L by (dataset, architecture family), the releases' values (METHODS.md
+# QCFS quantisation steps L by (dataset, architecture family), the releases' values (docs/methods.md
 # section 3): 4 on CIFAR-10/100 (QCFS README, main_train.py -L=4); on ImageNet 8 for ResNet-34 and
 # 16 for VGG-16 (FTBC release, QCFS/ANN_SNN_QCFS/run_scripts/imagenet_cali.sh). The family is the
 # model name up to its first "_" (resnet34_qcfs -> resnet34, vgg16_imagenet -> vgg16); "*" is any.

@@ -10,7 +10,7 @@ for pair in relu:ftbc_relu qcfs:ftbc_qcfs clip:ftbc_rts; do
   act=${pair%%:*}; m=${pair#*:}
   extra=()
   [ "$act" = relu ] && extra=(--set threshold_positions=16384)  # SNNC's MSE search on a CPU budget
-  # the release's settings (alpha, iterations, batches from METHODS.md section 5), accuracy logged per iteration
+  # the release's settings (alpha, iterations, batches from docs/methods.md section 5.3), accuracy logged per iteration
   ftbc evaluate --checkpoint "$ann/ann_$act" --method "$m" "${common[@]}" "${extra[@]}" --out "$out/${m}_heuristic_T$T"
   ftbc evaluate --checkpoint "$ann/ann_$act" --method "${m}_quantile" "${common[@]}" "${extra[@]}" --out "$out/${m}_quantile_T$T"
 done

@@ -28,7 +28,7 @@ F = TypeVar("F", bound=Callable[..., nn.Module])
 _ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
 _ACT_KEYS = tuple(sorted({k for keys in ACT_KWARGS.values() for k in keys}))
 
-# Normalisation of the releases (METHODS.md section 7); CIFAR-100 recipes override it.
+# Normalisation of the releases (docs/methods.md section 7); CIFAR-100 recipes override it.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

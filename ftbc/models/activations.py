@@ -6,9 +6,9 @@ for an IF neuron whose threshold comes from that module:
 
 - ``'relu'``: :class:`torch.nn.ReLU` (SNN Calibration; threshold searched later).
 - ``'qcfs'``: :class:`QCFS`, the quantisation-clip-floor-shift activation of
-  Bu et al., ICLR 2022 (METHODS.md section 3); theta = ``lam``, v(0) = theta / 2.
+  Bu et al., ICLR 2022 (docs/methods.md section 3); theta = ``lam``, v(0) = theta / 2.
 - ``'clip'``: :class:`ClipReLU`, the clipped ReLU of RTS (Deng & Gu, ICLR 2021;
-  METHODS.md section 4); theta = the layer's maximum activation (about ``y_th``).
+  docs/methods.md section 4); theta = the layer's maximum activation (about ``y_th``).
 
 Models take the activation as a factory: ``get_act_layer('qcfs', L=4)`` returns
 a zero-argument callable that builds a fresh module on every call.

@@ -1,6 +1,6 @@
 """ResNets of the conversion lineages: basic blocks, average pooling, an injected activation.
 
-The same name means different networks in different papers (METHODS.md section 7):
+The same name means different networks in different papers (docs/methods.md section 7):
 
 - ``resnet20_qcfs``: the standard CIFAR ResNet-20 (He et al., CVPR 2016) used by
   QCFS (Bu et al., ICLR 2022): conv3x3 stem (16), [3, 3, 3] blocks of
@@ -16,7 +16,7 @@ The same name means different networks in different papers (METHODS.md section 7
   Linear(2048, classes, bias=False). 11,253,440 parameters for 10 classes.
   (The release's training and simulation scripts hand the model a boolean
   where the dropout probability goes; the suite keeps the model's own
-  default, 0.2, as METHODS.md section 7 does.)
+  default, 0.2, as docs/methods.md section 7 states.)
 - ``resnet20_snnc_icml``: the ResNet-20 of the ICML 2021 SNN Calibration
   release (``ResNet_Cifar_Modified``): a stem of three conv3x3 (64) whose third
   conv has stride 2 (no stem pooling), the same stages, BN after every conv

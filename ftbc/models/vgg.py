@@ -1,6 +1,6 @@
 """VGG networks of the conversion lineages, with average pooling and an injected activation.
 
-Each lineage means something different by "VGG-16" (METHODS.md section 7):
+Each lineage means something different by "VGG-16" (docs/methods.md section 7):
 
 - ``vgg16_snnc``: CIFAR VGG-16 of SNN Calibration (Li et al., "A Free Lunch
   From ANN", ICML 2021): configuration "D", 13 conv3x3 + BN + activation,
