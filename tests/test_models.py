@@ -17,7 +17,7 @@ from torch import nn
 from ftbc.models import ACTIVATIONS, ClipReLU, QCFS, create_model, get_act_layer, is_activation, list_models
 from ftbc.models.resnet import BasicBlock
 
-# Per model, counted from METHODS.md section 7 by hand: activation sites,
+# Per model, counted from docs/methods.md section 7 by hand: activation sites,
 # Conv2d layers (shortcut projections included), BatchNorm or not, conv biases
 # (default: exactly when there is no BN), AvgPool2d layers (AdaptiveAvgPool2d
 # not counted), input size.
@@ -198,7 +198,7 @@ def test_lineage_details():
     assert not any(isinstance(m, nn.Dropout) for m in icml.modules())
 
 
-# RTS release network (METHODS.md section 7), counted by hand: stem 3*64*9 + 2*64*64*9 = 75,456;
+# RTS release network (docs/methods.md section 7), counted by hand: stem 3*64*9 + 2*64*64*9 = 75,456;
 # stages 147,456 + 524,288 + 2,097,152 + 8,388,608 (3x3 convs and 1x1 projections, no biases);
 # head 2048 * classes. 11,253,440 for 10 classes, 11,437,760 for 100.
 RTS_PARAMS = {10: 11_253_440, 100: 11_437_760}

@@ -1,4 +1,4 @@
-"""QCFS's quantisation steps L come from the releases per dataset and architecture (METHODS.md section 3).
+"""QCFS's quantisation steps L come from the releases per dataset and architecture (docs/methods.md section 3).
 
 L = 4 on CIFAR-10 and CIFAR-100; on ImageNet L = 8 for ResNet-34 and L = 16 for
 VGG-16 (the FTBC release's ``QCFS/ANN_SNN_QCFS/run_scripts/imagenet_cali.sh``).

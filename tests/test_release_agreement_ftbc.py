@@ -1,7 +1,7 @@
 """FTBC's calibration loop agrees with the release's, iteration by iteration.
 
 The transcription below is the release's outer loop written from its algorithm
-(METHODS.md section 5): every iteration reseeds (seed + 1 + iteration here: the
+(docs/methods.md section 5): every iteration reseeds (seed + 1 + iteration here: the
 thresholds' draw is seed), shuffles
 the training images afresh and takes the first ``batches`` batches; every batch
 runs one release-style pass (the whole network advanced one step per (layer,

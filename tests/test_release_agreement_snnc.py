@@ -1,6 +1,6 @@
 """SNN Calibration's stages, QCFS and OPI agree with step-by-step transcriptions of the releases.
 
-Each transcription below is written from the algorithm (METHODS.md sections 1-3),
+Each transcription below is written from the algorithm (docs/methods.md sections 1-3),
 not from the suite's code: it simulates the *whole* network one step at a time
 with the plain out-of-place neuron of ``ftbc._reference`` and calibrates layer by
 layer in forward order, as the releases do. The suite's layer-major driver must
@@ -179,7 +179,7 @@ def test_qcfs_conversion_matches_the_release_neuron(make):
 
 
 def test_qcfs_one_layer_rate_equals_the_activation_at_T_equals_L():
-    """METHODS.md section 3: constant current z, T = L: spike count = clip(floor(T z / theta + 1/2), 0, T)."""
+    """docs/methods.md section 3: constant current z, T = L: spike count = clip(floor(T z / theta + 1/2), 0, T)."""
     L, lam = 4, 2.0
     z = torch.linspace(-0.5, 2.5, 61, dtype=torch.float64).reshape(1, 61)
     net = nn.Sequential(nn.Identity(), QCFS(L=L, init_lambda=lam)).double()

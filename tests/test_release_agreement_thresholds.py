@@ -1,4 +1,4 @@
-"""Thresholds agree with SNN Calibration's release (METHODS.md section 2).
+"""Thresholds agree with SNN Calibration's release (docs/methods.md section 2).
 
 The reference below is a step-by-step transcription of the release's threshold
 rules, written from the specification (not from its code):
@@ -140,7 +140,7 @@ def test_mse_thresholds_match_the_release_transcription(T, channel_wise):
 
 
 def test_ftbc_relu_thresholds_are_channelwise_for_convolutions_only():
-    """FTBC's ReLU row asks for channel-wise thresholds; its linear layer keeps one (METHODS.md section 2)."""
+    """FTBC's ReLU row asks for channel-wise thresholds; its linear layer keeps one (docs/methods.md section 2)."""
     net, batches, T = tiny_net(), fixed_batches(), 8
     method = get_method("ftbc_relu")
     assert method.channelwise

@@ -1,11 +1,11 @@
 """RTS on residual networks: where the shift theta/(2T) goes, checked against the release's simulation.
 
-The RTS release (Deng & Gu, ICLR 2021; METHODS.md sections 4 and 7) adds the
+The RTS release (Deng & Gu, ICLR 2021; docs/methods.md sections 4 and 7) adds the
 shift inside its spike layers only, to the current of the convolution or
 linear layer each one wraps; a residual block sums its two branches into a
 membrane of its own that gets no shift. ``release_simulation`` below is a
 step-by-step transcription of that simulation, written for this suite from
-METHODS.md and a reading of the release; the suite's converted SNN must give
+docs/methods.md and a reading of the release; the suite's converted SNN must give
 the same per-step outputs bit for bit.
 """
 
