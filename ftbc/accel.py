@@ -1,4 +1,4 @@
-"""The accelerator path of the simulation (issue 5, item 3): faster stateless layers, exact IF scan.
+"""The accelerator path of the simulation: faster stateless layers, exact IF scan.
 
 On a GPU the step loop is bound by kernel launches and the convolutions by
 tensor-core throughput, so :func:`fast_simulate` runs the layer-major order

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 8: FTBC's iterative rule (release settings) against the closed-form quantile solver,
+# FTBC's iterative rule (release settings) against the closed-form quantile solver,
 # on the small CIFAR-10 networks of `ftbc quickstart --methods all`, on CPU.
 # Usage: scripts/compare_ftbc_solvers.sh ANN_DIR DATA_ROOT OUT [T]
 #   ANN_DIR holds ann_relu/, ann_qcfs/, ann_clip/ (model.safetensors + model.json)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Speed benchmark on a CUDA machine (issue 5, item 3), under 5 minutes on one GPU.
+# Speed benchmark on a CUDA machine, under 5 minutes on one GPU.
 #
 #   PYTHONPATH=. scripts/gpu_bench.sh OUT_DIR
 #
@@ -38,7 +38,7 @@ run() {  # run NAME ARGS...: one configuration, JSON to OUT/NAME.json; a failure
   fi
 }
 
-# Headline (issue 5 target: snn >= 3x faster than the step loop at batch 64), fp32 then the fast path.
+# Headline (target: snn >= 3x faster than the step loop at batch 64), fp32 then the fast path.
 run vgg16_T32_b64_fp32      --arch vgg16 --T 32 --batch 64 --rounds 5 --precision fp32
 run vgg16_T32_b64_bf16_cl   --arch vgg16 --T 32 --batch 64 --rounds 5 --precision bf16 --channels-last --release-rounds 0
 run vgg16_T32_b64_tf32_cl   --arch vgg16 --T 32 --batch 64 --rounds 5 --precision tf32 --channels-last --release-rounds 0 --only floor snn snn_s snn_m stepwise

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one-GPU CIFAR-10 reproduction run (issue 6): train VGG-16 with ReLU, QCFS (L=4) and the clipped ReLU
+# The one-GPU CIFAR-10 reproduction run: train VGG-16 with ReLU, QCFS (L=4) and the clipped ReLU
 # for as many epochs as fit, run every registered method at T = 1..64 on the full test set, and write the
 # per-T table, timings and hardware into OUTDIR, in under 8 minutes on one H200.
 #
