@@ -88,6 +88,10 @@ def spike_fan_out(snn: fx.GraphModule) -> dict[str, float]:
 
 # -- the evaluation loop ------------------------------------------------------------------
 
+# A long simulation (the full test set at T = 64 on a CPU takes tens of minutes) logs how far
+# it is at most this often, so that ``tail -f`` on a job's log moves.
+PROGRESS_EVERY_S = 60.0
+
 @torch.no_grad()
 def evaluate_snn(snn: fx.GraphModule, batches: Iterable[tuple[Tensor, Tensor]], T: int, *,
                  device: torch.device | str = "cpu", mode: StepMode = "auto",
@@ -108,12 +112,18 @@ def evaluate_snn(snn: fx.GraphModule, batches: Iterable[tuple[Tensor, Tensor]], 
         from tqdm.auto import tqdm
 
         it = tqdm(batches, desc=f"SNN T={T}", leave=False, disable=not sys.stderr.isatty())
+    n_images = getattr(batches, "n_images", None)
+    last_line = time.perf_counter()
     try:
         with recording(snn) as layers:
             for x, y in it:
                 out = simulate(snn, x.to(device), T, mode=mode)
                 correct += correct_per_step(out, y)
                 total += len(y)
+                if time.perf_counter() - last_line >= PROGRESS_EVERY_S:
+                    logger.info("T=%d: %d%s test images simulated, accuracy at t=%d so far %.2f %%", T, total,
+                                f"/{n_images}" if n_images else "", T, 100.0 * float(correct[T - 1]) / total)
+                    last_line = time.perf_counter()
     finally:
         for h in hooks:
             h.remove()
