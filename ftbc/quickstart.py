@@ -18,7 +18,7 @@ import pandas as pd
 
 from ftbc._io import write_text
 from ftbc.calibration import STAGES
-from ftbc.errors import CheckpointError
+from ftbc.errors import CheckpointError, UserError
 from ftbc.method import Method
 
 DEFAULT_METHODS = "maxnorm,opi,ftbc_relu"
@@ -62,8 +62,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/quickstart", help="output folder")
     p.add_argument("--arch", default="vgg_small", help="a model of ftbc.models")
     p.add_argument("--recipe", default="quick_cpu", help="a training recipe of ftbc/recipes or a YAML file")
-    p.add_argument("--epochs", type=int, default=QUICK_EPOCHS,
-                   help=f"training epochs (default {QUICK_EPOCHS}; the quick_cpu recipe itself has 5)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"training epochs (default: {QUICK_EPOCHS} with quick_cpu, whose own 5 are cut to fit "
+                        "about 10 minutes; any other recipe's own)")
     p.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated registered methods, or 'all'")
     p.add_argument("--T", default="1,2,4,8,16,32", help="time steps to report")
     p.add_argument("--ftbc-iterations", type=int, default=CPU_FTBC["ftbc.iterations"],
@@ -74,6 +75,24 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--quiet", action="store_true", help="no progress bars (the progress lines stay)")
     return p
+
+
+def training_epochs(args: argparse.Namespace) -> int | None:
+    """The epochs to train: ``--epochs``, else the quickstart's cut for quick_cpu, else the recipe's (None)."""
+    if args.epochs is not None:
+        return args.epochs
+    return QUICK_EPOCHS if args.recipe == "quick_cpu" else None
+
+
+def check_reusable(meta: dict, folder: Path, args: argparse.Namespace, epochs: int | None) -> None:
+    """Refuse to reuse an ANN trained otherwise than this run asks (another arch, seed or epochs)."""
+    want = {"arch": args.arch, "seed": args.seed, **({"epochs": epochs} if epochs is not None else {})}
+    differ = {k: (meta.get(k), v) for k, v in want.items() if meta.get(k) != v}
+    if differ:
+        got = ", ".join(f"{k}={old}" for k, (old, _) in differ.items())
+        asked = ", ".join(f"{k}={new}" for k, (_, new) in differ.items())
+        raise UserError(f"{folder} holds an ANN trained with {got}, not {asked}: give another --out, "
+                        f"or delete {folder} to train it again")
 
 
 def pivot(accuracy: pd.DataFrame) -> pd.DataFrame:
@@ -98,17 +117,19 @@ def main(args: argparse.Namespace) -> int:
     methods = [cpu_budget(get_method(m, "cifar10"), args.ftbc_iterations) for m in names]
     progress = not args.quiet
     needs = sorted({m.activation for m in methods})
+    epochs = training_epochs(args)
     models = {}
     for act in needs:
         ckpt = out / f"ann_{act}" / "model.safetensors"
         try:
             models[act] = load_model(ckpt, device=args.device)
+            check_reusable(models[act][1], ckpt.parent, args, epochs)
             print(f"reusing {ckpt}")
         except CheckpointError:
             print(f"training {args.arch} ({act}) on CIFAR-10 -> {ckpt.parent}")
             train(dataset="cifar10", data_root=args.data_root, arch=args.arch, act=act,
                   act_kwargs=resolve_act_kwargs(act, "cifar10"), recipe=args.recipe,
-                  seed=args.seed, out=ckpt.parent, device=args.device, epochs=args.epochs,
+                  seed=args.seed, out=ckpt.parent, device=args.device, epochs=epochs,
                   download=args.download, progress=progress)
             models[act] = load_model(ckpt, device=args.device)
     calib, held, test_batches = load_eval_data("cifar10", args.data_root, download=args.download, holdout=0,
@@ -129,7 +150,8 @@ def main(args: argparse.Namespace) -> int:
     write_text(out / "table.csv", table.to_csv())
     md = table.map(lambda v: f"{v:.2f}").to_markdown() if _has_tabulate() else table.round(2).to_string()
     write_text(out / "table.md", md + "\n")
-    print(f"\nSNN top-1 accuracy (%) on the CIFAR-10 test set at each T ({out / 'table.csv'}):")
+    print(f"\nSNN top-1 accuracy (%) on {test_batches.n_images:,} CIFAR-10 test images at each T "
+          f"({out / 'table.csv'}):")
     print(table.round(2).to_string())
     return 0
 

@@ -62,6 +62,6 @@ if __name__ == "__main__":
 
     root = resolve_data_root("cifar10", sys.argv[1] if len(sys.argv) > 1 else "auto", download=False)
     rows = compute(root)
-    rows.to_csv(GUARD_CSV, index=False, float_format="%.4f")
+    rows.to_csv(GUARD_CSV, index=False, float_format="%.6f")
     print(rows.to_string(index=False))
     print(f"wrote {GUARD_CSV}")

@@ -182,8 +182,12 @@ def test_a_long_simulation_logs_how_far_it_is(caplog, monkeypatch):
     x, y = torch.randn(12, 3, 16, 16), torch.randint(0, 10, (12,))
     snn = convert(tiny_vgg(), Method(name="m", activation="relu", threshold="max"), data=x, T=3).snn
     monkeypatch.setattr(evaluation, "PROGRESS_EVERY_S", 0.0)
+    class Batches(list):
+        n_images = 12
+
     with caplog.at_level("INFO", logger="ftbc"):
-        acc, _ = evaluation.evaluate_snn(snn, [(x[:8], y[:8]), (x[8:], y[8:])], 3)
+        acc, _ = evaluation.evaluate_snn(snn, Batches([(x[:8], y[:8]), (x[8:], y[8:])]), 3)
     lines = [r.getMessage() for r in caplog.records if "test images simulated" in r.getMessage()]
-    assert [line.split(",")[0] for line in lines] == ["T=3: 8 test images simulated", "T=3: 12 test images simulated"]
+    assert [line.split(",")[0] for line in lines] == ["T=3: 8/12 test images simulated",
+                                                      "T=3: 12/12 test images simulated"]
     assert lines[-1].endswith(f"accuracy at t=3 so far {float(acc[2]):.2f} %")
