@@ -65,7 +65,7 @@ def plot_accuracy_vs_T(acc: pd.DataFrame, published: pd.DataFrame, dataset: str,
                 if curve["std"].notna().any():
                     ax.fill_between(curve["T"], curve["mean"] - curve["std"], curve["mean"] + curve["std"],
                                     color=color, alpha=0.12, lw=0)
-                p = pub[(pub.arch == arch) & (pub.method == method)]
+                p = pub[(pub.arch == arch) & (pub.method == method) & (pub["T"] <= a["T"].max())]  # the T measured
                 if not p.empty:  # published rings only where there are published figures, no legend entry
                     ax.scatter(p["T"], p["published"], facecolors="none", edgecolors=color, s=40, zorder=3,
                                label="_nolegend_")
