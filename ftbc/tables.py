@@ -325,7 +325,8 @@ def to_html(table: pd.DataFrame, caption: str, note: str = "") -> str:
     """The same table as an HTML page (the workflow report shows it)."""
     t = table.reset_index()
     t = t.map(lambda v: str(v).replace("**", "<b>", 1).replace("**", "</b>", 1) if str(v).count("**") == 2 else v)
-    html = t.style.hide(axis="index").set_caption(caption).to_html()
+    # A fixed element id (pandas draws a random one) keeps regenerated pages byte-identical.
+    html = t.style.set_uuid("ftbc").hide(axis="index").set_caption(caption).to_html()
     return f"<html><body>{html}<p><small>{note}</small></p></body></html>\n"
 
 

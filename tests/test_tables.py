@@ -196,3 +196,11 @@ def test_iteration_figure_draws_only_methods_that_iterate(tmp_path, monkeypatch)
     out = plots.plot_iterations([], tmp_path / "it.png")
     assert len(out) == 3  # the log keeps every entry
     assert drawn == ["iterating\ncifar10 / tiny"]
+
+
+def test_html_page_is_byte_identical_across_calls():
+    # A regenerated result folder must not differ only in pandas' random element ids.
+    table = pd.DataFrame({"method": ["qcfs"], "T=1": ["**53.79**"]}).set_index("method")
+    first = tables.to_html(table, "caption")
+    assert first == tables.to_html(table, "caption")
+    assert 'id="T_ftbc' in first and "<b>53.79</b>" in first
