@@ -271,5 +271,15 @@ def test_plugin_modules_are_read_from_the_environment(monkeypatch):
 
 
 def test_methods_registered_by_tests_do_not_leak():
-    # runs after the test above: the workflow test compares the grid against list_methods()
+    # the workflow test compares the grid against list_methods(): a method a test registers must end with it.
+    # conftest's autouse _restore_registries does that after every test, whatever the order; here its two
+    # halves by hand, on a method registered without monkeypatch
+    from conftest import restore_registries, snapshot_registries
+
     assert not [n for n in list_methods() if n.startswith("test_")]
+    snapshot = snapshot_registries()
+    register_method(Method(name="test_leak_probe", activation="relu"))
+    assert "test_leak_probe" in list_methods()
+    assert restore_registries(snapshot) == ["baselines._METHODS"]
+    assert not [n for n in list_methods() if n.startswith("test_")]
+    assert list_methods() == list(snapshot["baselines._METHODS"])
