@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import tarfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,36 @@ def write_imagefolder(root: Path, *, classes: int | Sequence[str] = 3, per_class
     return root
 
 
+def write_cifar10_tree(root: Path, *, train_per_class: int, test_per_class: int) -> Path:
+    """Random 32x32 PNGs (lossless) in the 10 CIFAR-10 class folders, ``train`` drawn with seed 0 and ``test``
+    with seed 1; returns ``root`` (name it ``.../cifar10-jpeg``)."""
+    from ftbc.data import CIFAR_CLASSES
+
+    classes = CIFAR_CLASSES["cifar10"]
+    write_imagefolder(root, classes=classes, per_class=train_per_class, splits=("train",), ext=".png", seed=0)
+    write_imagefolder(root, classes=classes, per_class=test_per_class, splits=("test",), ext=".png", seed=1)
+    return root
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of a ``python -m ftbc`` subprocess: this one's as it is now (the run's private
+    ``FTBC_CACHE`` included, so call it in the test, not at import), one thread, the checkout first on the path."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), **extra}
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block on ``n`` torch threads (an in-process run matching a one-thread subprocess), then restore."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def make_imagefolder(tmp_path: Path) -> Callable[..., Path]:
     """Factory: ``make_imagefolder("name", classes=..., size=..., ...)`` writes a tree under tmp_path."""
@@ -110,3 +141,78 @@ def make_imagefolder(tmp_path: Path) -> Callable[..., Path]:
 def tiny_imagefolder(tmp_path: Path) -> Path:
     """A small 32x32 ImageFolder (train/ and test/, 3 classes, 4 PNG/JPEG images each)."""
     return write_imagefolder(tmp_path / "tiny", classes=3, per_class=4)
+
+
+# -- registries ---------------------------------------------------------------------------------
+
+def registries() -> dict[str, dict]:
+    """The suite's registries by name (methods, calibration stages, threshold rules, models), of the modules
+    imported so far: a fixture importing them itself would hide a test that forgets to.
+
+    A test that registers something (a plugin, a method of its own) changes one of these
+    module-level dicts; :func:`_restore_registries` puts every one back after each test.
+    """
+    import sys
+
+    found = {"baselines": "_METHODS", "ftbc.calibration": "STAGES", "ftbc.thresholds": "RULES",
+             "ftbc.models._factory": "_ENTRYPOINTS"}
+    return {f"{mod}.{attr}": getattr(sys.modules[mod], attr) for mod, attr in found.items() if mod in sys.modules}
+
+
+def snapshot_registries() -> dict[str, dict]:
+    """Copies of every registry's entries, for :func:`restore_registries`."""
+    return {name: dict(reg) for name, reg in registries().items()}
+
+
+def restore_registries(snapshot: dict[str, dict]) -> list[str]:
+    """Put each registry of ``snapshot`` back, in place (modules that imported the dict by name see it too);
+    returns the names of those that had changed. A registry first imported since is left as it is."""
+    changed = []
+    for name, reg in registries().items():
+        if name in snapshot and reg != snapshot[name]:
+            changed.append(name)
+            reg.clear()
+            reg.update(snapshot[name])
+    return changed
+
+
+@pytest.fixture(autouse=True)
+def _restore_registries():
+    """Whatever a test registers ends with it: no test sees another's methods, stages, rules or models
+    (torn down after the test's own monkeypatch, so it restores the original dicts)."""
+    snapshot = snapshot_registries()
+    yield
+    restore_registries(snapshot)
+
+
+# -- process-wide state -------------------------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def _isolate_global_state():
+    """Each test starts from the same torch RNG (seed 0), whatever ran before it, and leaves the RNG, torch's
+    thread count and deterministic-algorithms flag, the working directory and the environment as it found them."""
+    import torch
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    cwd, environ = os.getcwd(), _environ()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    if (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) != (
+            deterministic, warn_only):
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    if os.getcwd() != cwd:
+        os.chdir(cwd)
+    now = _environ()
+    if now != environ:
+        for key in now.keys() - environ.keys():
+            del os.environ[key]
+        os.environ.update(environ)
+
+
+def _environ() -> dict[str, str]:
+    """The environment, less the variable pytest itself changes between a test's phases."""
+    return {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO_ROOT, write_imagefolder
+from conftest import cli_env
 
 from ftbc import models
 from ftbc._io import save_checkpoint, sha256_file, sidecar_path
@@ -199,8 +200,7 @@ class Run:
 
 
 def _env(root: Path) -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "FTBC_CACHE": str(root / "cache"),
-            "PYTHONPATH": str(REPO_ROOT)}
+    return cli_env(OMP_WAIT_POLICY="PASSIVE", FTBC_CACHE=str(root / "cache"))
 
 
 def _args(case: Case, root: Path, out_id: str) -> list[str]:

@@ -226,7 +226,18 @@ def test_a_method_registered_from_outside_runs_end_to_end(tmp_path, monkeypatch)
                                  method=mine, Ts=[1, 2, 4], calib_data=x, test_batches=[(x, y)],
                                  ann_accuracy=0.0)
     assert acc["t"].tolist() == [1, 2, 3, 4] and acc["method"].eq("test_external_half_v0").all()
-    assert set(activity["t"]) == {1, 2, 3, 4} and (activity["synops_per_image"] >= 0).all()
+    assert set(activity["t"]) == {1, 2, 3, 4}
+    # By hand from tiny_vgg on 16 x 16 inputs: ReLU "2" (8 x 16 x 16) feeds, through the 2 x 2 pool, the 3 x 3
+    # conv 8 -> 12 (12 * 9 = 108 synapses per spike); ReLU "6" (12 x 8 x 8) feeds, through pool and flatten,
+    # Linear(192, 16) (16); ReLU "10" (16) feeds Linear(16, 5) (5).
+    fan, size = {"2": 108, "6": 16, "10": 5}, {"2": 8 * 16 * 16, "6": 12 * 8 * 8, "10": 16}
+    layer = activity["layer"].astype(str)
+    assert sorted(set(layer)) == sorted(fan)
+    spikes = activity["spikes_per_image"]
+    assert activity["synops_per_image"].tolist() == pytest.approx((spikes * layer.map(fan)).tolist())
+    assert activity["firing_rate"].tolist() == pytest.approx((spikes / layer.map(size)).tolist())
+    # a count over the 48 test images: a whole number of spikes per layer and step, and some at all
+    assert ((spikes * 48).round() - spikes * 48).abs().max() < 1e-6 and spikes.sum() >= 1
 
 
 def test_plugin_methods_reach_the_cli(tmp_path):
@@ -260,5 +271,15 @@ def test_plugin_modules_are_read_from_the_environment(monkeypatch):
 
 
 def test_methods_registered_by_tests_do_not_leak():
-    # runs after the test above: the workflow test compares the grid against list_methods()
+    # the workflow test compares the grid against list_methods(): a method a test registers must end with it.
+    # conftest's autouse _restore_registries does that after every test, whatever the order; here its two
+    # halves by hand, on a method registered without monkeypatch
+    from conftest import restore_registries, snapshot_registries
+
     assert not [n for n in list_methods() if n.startswith("test_")]
+    snapshot = snapshot_registries()
+    register_method(Method(name="test_leak_probe", activation="relu"))
+    assert "test_leak_probe" in list_methods()
+    assert restore_registries(snapshot) == ["baselines._METHODS"]
+    assert not [n for n in list_methods() if n.startswith("test_")]
+    assert list_methods() == list(snapshot["baselines._METHODS"])

@@ -9,6 +9,7 @@ import torch
 import ftbc.models as ftbc_models
 from baselines import get_method
 from conftest import write_imagefolder
+from conftest import write_cifar10_tree
 from ftbc.calibration_pool import (CROP_FLIP, QCFS_LOADER, SNNC_LOADER, CalibrationPool, holdout_indices,
                                    reserve_size, split_reserve)
 from ftbc.conversion import convert, spiking_layers
@@ -22,9 +23,7 @@ SMALL = {"threshold_batches": 2, "threshold_batch_size": 16, "threshold_position
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("pool") / "cifar10-jpeg"
-    write_imagefolder(root, classes=CIFAR_CLASSES["cifar10"], per_class=40, splits=("train",), ext=".png", seed=0)
-    write_imagefolder(root, classes=CIFAR_CLASSES["cifar10"], per_class=2, splits=("test",), ext=".png", seed=1)
-    return root
+    return write_cifar10_tree(root, train_per_class=40, test_per_class=2)
 
 
 def test_reserve_is_fixed_disjoint_and_holds_the_holdout():

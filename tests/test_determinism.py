@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO_ROOT, write_imagefolder
+from conftest import cli_env, torch_threads, write_cifar10_tree
 from safetensors.torch import load_file
 from torch.utils.data import Subset
 
@@ -45,22 +46,15 @@ T = 4
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("determinism") / "cifar10-jpeg"
-    classes = CIFAR_CLASSES["cifar10"]
-    write_imagefolder(root, classes=classes, per_class=8, splits=("train",), ext=".png", seed=0)
-    write_imagefolder(root, classes=classes, per_class=2, splits=("test",), ext=".png", seed=1)
-    return root
+    return write_cifar10_tree(root, train_per_class=8, test_per_class=2)
 
 
 def _train_here(tree: Path, out: Path, seed: int) -> Path:
     """One training run in this process, on one thread (as the subprocess runs)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         recipe = apply_overrides(load_recipe("quick_cpu"), epochs=EPOCHS, batch_size=BATCH)
         train(dataset="cifar10", data_root=tree, arch="vgg_small", act="relu", recipe=recipe, seed=seed, out=out,
               progress=False)
-    finally:
-        torch.set_num_threads(threads)
     return out
 
 
@@ -69,7 +63,7 @@ def _train_cli(tree: Path, out: Path, seed: int) -> Path:
     cmd = [sys.executable, "-m", "ftbc", "train", "--dataset", "cifar10", "--data-root", str(tree), "--arch",
            "vgg_small", "--act", "relu", "--recipe", "quick_cpu", "--epochs", str(EPOCHS), "--batch-size",
            str(BATCH), "--seed", str(seed), "--out", str(out), "--quiet"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    env = cli_env()
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     return out

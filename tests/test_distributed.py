@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO_ROOT, write_imagefolder
+from conftest import cli_env, write_cifar10_tree
 from safetensors.torch import load_file
 
 from ftbc import cli, models
@@ -21,9 +22,7 @@ from ftbc.data import CIFAR_CLASSES
 def cifar_tree(tmp_path_factory) -> Path:
     """Random 32x32 PNGs in CIFAR-10 class folders: 16 train and 2 test images per class."""
     root = tmp_path_factory.mktemp("ddp") / "cifar10-jpeg"
-    write_imagefolder(root, classes=CIFAR_CLASSES["cifar10"], per_class=16, splits=("train",), ext=".png")
-    write_imagefolder(root, classes=CIFAR_CLASSES["cifar10"], per_class=2, splits=("test",), ext=".png", seed=1)
-    return root
+    return write_cifar10_tree(root, train_per_class=16, test_per_class=2)
 
 
 def test_two_gloo_processes_match_one_process(cifar_tree, tmp_path):
@@ -32,7 +31,7 @@ def test_two_gloo_processes_match_one_process(cifar_tree, tmp_path):
               "--lr", "0.01", "--sync-bn", "--quiet"]
     one, two = tmp_path / "one", tmp_path / "two"
     assert cli.main(["train", *common, "--out", str(one)]) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    env = cli_env()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "ftbc", "train", *common, "--out", str(two)]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)

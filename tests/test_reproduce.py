@@ -14,7 +14,9 @@ import tarfile
 
 import pandas as pd
 import pytest
+import torch
 from conftest import REPO_ROOT, write_imagefolder
+from conftest import write_cifar10_tree
 
 from baselines import get_method, list_methods
 from ftbc.data import CIFAR_CLASSES
@@ -29,8 +31,7 @@ def cifar_archive(tmp_path_factory):
     """cifar10-jpeg.tar.gz of random PNGs: 12 train and 6 test images per class."""
     base = tmp_path_factory.mktemp("archive")
     tree = base / "cifar10-jpeg"
-    write_imagefolder(tree, classes=CIFAR_CLASSES["cifar10"], per_class=12, splits=("train",), ext=".png")
-    write_imagefolder(tree, classes=CIFAR_CLASSES["cifar10"], per_class=6, splits=("test",), ext=".png", seed=1)
+    write_cifar10_tree(tree, train_per_class=12, test_per_class=6)
     archive = base / "cifar10-jpeg.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(tree, arcname="cifar10-jpeg")
@@ -76,7 +77,8 @@ def test_gpu_reproduce_tiny_runs_every_step(cifar_archive, tmp_path):
     for act, rec in timings["train"].items():
         assert rec["epochs"] >= 1 and rec["first_epoch_s"] > 0 and rec["arch"] == "vgg_small", act
     hw = json.loads((out / "hardware.json").read_text())
-    assert hw["device"] == "cpu" and hw["torch"] and hw["cpu_count"] >= 1
+    assert hw["device"] == "cpu" and hw["torch"] == torch.__version__  # the subprocess runs this interpreter's torch
+    assert hw["cpu_count"] == os.cpu_count()  # the same machine as this process
 
     names = timings["evaluation"]["methods"]  # the subprocess's registry: built-in methods only
     assert set(names) <= set(list_methods()) and {"maxnorm", "opi", "snnc_light", "snnc_advanced", "qcfs", "rts",
@@ -89,7 +91,14 @@ def test_gpu_reproduce_tiny_runs_every_step(cifar_archive, tmp_path):
     assert timings["total_s"] < budget + 60  # the last run may overshoot the deadline; it is not cut
 
     acc = pd.read_csv(out / "accuracy.csv")
-    assert acc["accuracy"].between(0, 100).all()
+    # 6 test images in each of the 10 classes: every accuracy (SNN and ANN) is k / 60 in percent, k = 0..60
+    n_test = 6 * 10
+    for col in ("accuracy", "ann_accuracy"):
+        k = acc[col] * n_test / 100
+        assert ((k - k.round()).abs() < 1e-6).all() and k.between(0, n_test).all(), acc[col].tolist()
+    anns = {a: json.loads((out / "anns" / f"{a}.json").read_text()) for a in ("relu", "qcfs", "clip")}
+    for act, meta in anns.items():  # the ANN accuracy each row repeats is its ANN's test accuracy from training
+        assert set(acc.loc[acc["activation"] == act, "ann_accuracy"]) == {meta["metrics"]["test_acc"]}, act
     for name, T in done:
         rows = acc[(acc["method"] == name) & (acc["T_run"] == T)]
         assert sorted(rows["t"]) == (list(range(1, T_max + 1)) if name in t_free else [T]), name

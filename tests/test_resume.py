@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO_ROOT, write_imagefolder
+from conftest import cli_env, torch_threads, write_cifar10_tree
 from safetensors.torch import load_file
 
 from ftbc import cli
@@ -23,16 +24,14 @@ from ftbc.distributed import DistEnv
 from ftbc.training import _epochs_in_budget, _resize_for_budget, apply_overrides, train, train_one_epoch
 
 # One thread everywhere: the in-process reference and the subprocesses then run the same kernels bit for bit.
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+# (cli_env() in each test: read at import, the environment would miss the run's private FTBC_CACHE)
 
 
 @pytest.fixture(scope="module")
 def cifar_tree(tmp_path_factory) -> Path:
     """Random 32x32 PNGs in CIFAR-10 class folders: 20 train and 4 test images per class."""
     root = tmp_path_factory.mktemp("resume") / "cifar10-jpeg"
-    write_imagefolder(root, classes=CIFAR_CLASSES["cifar10"], per_class=20, splits=("train",), ext=".png")
-    write_imagefolder(root, classes=CIFAR_CLASSES["cifar10"], per_class=4, splits=("test",), ext=".png", seed=1)
-    return root
+    return write_cifar10_tree(root, train_per_class=20, test_per_class=4)
 
 
 def _argv(data: Path, out: Path, *extra: str) -> list[str]:
@@ -46,17 +45,13 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
 
 def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(cifar_tree, tmp_path):
     ref = tmp_path / "ref"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         assert cli.main(_argv(cifar_tree, ref)) == 0
-    finally:
-        torch.set_num_threads(threads)
     assert not (ref / "last.json").exists() and not list(ref.glob("last-epoch*"))  # dropped when finished
 
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "ftbc", *_argv(cifar_tree, out)]
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     state = out / "last.json"
     deadline = time.monotonic() + 300
     while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -69,11 +64,11 @@ def test_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(cifar_tree, t
     assert not (out / "model.safetensors").exists()
     assert (out / saved["weights"]).is_file() and "rng/data" in load_file(str(out / saved["weights"]))
 
-    changed = subprocess.run([sys.executable, "-m", "ftbc", *_argv(cifar_tree, out, "--lr", "0.05")], env=ENV,
+    changed = subprocess.run([sys.executable, "-m", "ftbc", *_argv(cifar_tree, out, "--lr", "0.05")], env=cli_env(),
                              capture_output=True, text=True)
     assert changed.returncode == 2 and "differs in: recipe" in changed.stderr
 
-    again = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
+    again = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert f"resuming {out} after epoch {saved['epoch']}/4" in again.stdout
     a, b = _weights(ref), _weights(out)

@@ -222,7 +222,13 @@ def test_load_model_round_trips(data_root, tmp_path):
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
     ds = ftbc_data.load_split("cifar10", data_root, "test", transform=ftbc_data.build_transform("cifar10", train=False))
     assert evaluate(model, ftbc_data.make_loader(ds, 64, shuffle=False), "cpu") == metrics["test_acc"]
-    assert metrics["holdout_acc"] is not None and meta["n_train"] == 150 and meta["holdout"] == 50
+    assert meta["n_train"] == 150 and meta["holdout"] == 50
+    # the holdout accuracy again, by hand: the 50 training images holdout_split(200, 50, seed=0) names, unaugmented
+    train_ds = ftbc_data.load_split("cifar10", data_root, "train",
+                                    transform=ftbc_data.build_transform("cifar10", train=False))
+    _, hold = ftbc_data.holdout_split(len(train_ds), 50, seed=0)
+    hold_loader = ftbc_data.make_loader(torch.utils.data.Subset(train_ds, hold), 64, shuffle=False)
+    assert metrics["holdout_acc"] == evaluate(model, hold_loader, "cpu") == meta["metrics"]["holdout_acc"]
     assert meta["pipeline"] == "batched"
 
     meta = json.loads((out / "model.json").read_text())
@@ -243,7 +249,14 @@ def test_per_sample_pipeline_for_autoaugment_and_cutout_is_seeded(data_root, tmp
     a, b = (load_file(str(tmp_path / n / "model.safetensors")) for n in "ab")
     assert all(torch.equal(a[k], b[k]) for k in a)
     meta = json.loads((tmp_path / "a" / "model.json").read_text())
-    assert meta["pipeline"] == "per-sample" and meta["n_train"] == 180 and meta["metrics"]["holdout_acc"] is not None
+    assert meta["pipeline"] == "per-sample" and meta["n_train"] == 180
+    # the holdout accuracy again, by hand: the 20 training images holdout_split(200, 20, seed=0) names, unaugmented
+    model, _ = load_model(tmp_path / "a")
+    train_ds = ftbc_data.load_split("cifar10", data_root, "train",
+                                    transform=ftbc_data.build_transform("cifar10", train=False))
+    _, hold = ftbc_data.holdout_split(len(train_ds), 20, seed=0)
+    hold_loader = ftbc_data.make_loader(torch.utils.data.Subset(train_ds, hold), 64, shuffle=False)
+    assert meta["metrics"]["holdout_acc"] == evaluate(model, hold_loader, "cpu")
     assert meta["act_kwargs"] == {"L": 4, "init_lambda": 8.0}  # defaults recorded
 
 
