@@ -5,7 +5,7 @@ from snakemake.utils import validate
 
 from ftbc import grid
 from ftbc.errors import UserError
-from ftbc.plots import figure_name
+from ftbc.grid import figure_name
 
 
 try:
