@@ -1,4 +1,4 @@
-"""The Snakemake workflow: lint, the test configurations of .test/ against the schema, the job grid
+"""The Snakemake workflow: lint, snakefmt, the test configurations of .test/ against the schema, the job grid
 of each shipped configuration, configuration errors, no plotting library imported while the DAG is built."""
 
 import re
@@ -27,6 +27,15 @@ def test_lint_reports_nothing():
     r = snakemake("--lint")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Congratulations" in r.stdout + r.stderr
+
+
+def test_workflow_files_are_snakefmt_formatted():
+    """snakefmt --check over the Snakefile and workflow/ (line length: [tool.snakefmt] of pyproject.toml).
+    To fix a failure: ``snakefmt Snakefile workflow``."""
+    pytest.importorskip("snakefmt", reason="snakefmt is not installed (pip install -e '.[test]')")
+    r = subprocess.run([sys.executable, "-m", "snakefmt", "--config", "pyproject.toml", "--check", "--diff",
+                        "Snakefile", "workflow"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"not snakefmt-formatted; run `snakefmt Snakefile workflow`:\n{r.stdout}{r.stderr}"
 
 
 def _test_configurations():
