@@ -28,6 +28,6 @@ include: "workflow/rules/tables.smk"
 
 
 rule all:
+    default_target: True
     input:
         get_final_output(),
-    default_target: True

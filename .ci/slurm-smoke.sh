@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The smoke grid through the SLURM profile on the one-node cluster of .ci/slurm-up.sh,
-# including a job cancelled with scancel and the rerun that finishes the grid.
+# The smoke grid (.test/config/config.yaml, narrowed by the overlay .test/config/slurm.yaml)
+# through the SLURM profile on the one-node cluster of .ci/slurm-up.sh, including a job
+# cancelled with scancel and the rerun that finishes the grid.
 # Usage: .ci/slurm-smoke.sh DATA_ROOT WORKDIR
 set -euo pipefail
 data=${1:?DATA_ROOT}; work=${2:?WORKDIR}
 # No accounting database here: squeue for status, no account.
-sm=(snakemake --workflow-profile workflow/profiles/slurm --configfile config/smoke.yaml .ci/slurm-grid.yaml
+sm=(snakemake --workflow-profile workflow/profiles/slurm --configfile .test/config/config.yaml .test/config/slurm.yaml
     --config "data_root=$data" "workdir=$work" "results=$work/tables"
     --jobs 8 --slurm-status-command squeue --slurm-no-account --slurm-init-seconds-before-status-checks 2
     --seconds-between-status-checks 2

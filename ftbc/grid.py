@@ -236,6 +236,12 @@ def figure_keys(config: dict) -> list[tuple[str, str]]:
     return sorted({(ev.ann.dataset, ev.ann.arch) for ev in evaluations(config)})
 
 
+def figure_name(dataset: str, arch: str) -> str:
+    """File name of the accuracy-against-T figure of (dataset, arch) that ``ftbc tables`` draws
+    (ftbc/plots.py). Here, not there, so that building the workflow's DAG imports no matplotlib."""
+    return f"{dataset}_{arch}_accuracy.png"
+
+
 RESOURCE_DEFAULTS = {"gpu": 0, "mem_mb": 4000, "runtime": 60}
 
 

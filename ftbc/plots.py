@@ -16,16 +16,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ftbc._io import atomic_write  # noqa: E402
+from ftbc.grid import figure_name  # noqa: E402  (in grid.py: the DAG names the figures without matplotlib)
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
     with atomic_write(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
-
-
-def figure_name(dataset: str, arch: str) -> str:
-    return f"{dataset}_{arch}_accuracy.png"
 
 
 # line style by what calibrates the SNN: none, a base method's own stages, FTBC, FTBC's quantile solver

@@ -1,6 +1,6 @@
 """The smoke grid run for real on the CIFAR-10 copy: tables produced, and reruns do only what they must.
 
-One run of ``config/smoke.yaml`` (every method, 3 ANNs, a slice of CIFAR-10), then:
+One run of ``.test/config/config.yaml`` (every method, 3 ANNs, a slice of CIFAR-10), then:
 nothing changed -> nothing to do; one method's setting changed -> only its jobs;
 a run killed (SIGKILL) mid-grid -> the rerun keeps every finished job; a job that
 fails -> the others' results stay and the rerun redoes only the failed one.
@@ -49,7 +49,7 @@ def _planned(tmp, configfile) -> dict[str, int]:
 
 
 def _config(tmp, data_root, **changes):
-    c = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    c = yaml.safe_load((ROOT / ".test" / "config" / "config.yaml").read_text())
     c.update(data_root=str(data_root), workdir=str(tmp / "work"), results=str(tmp / "tables"),
              published=str(ROOT / "results" / "published" / "published_results.csv"))
     for method, settings in changes.items():

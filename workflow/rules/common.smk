@@ -5,8 +5,7 @@ from snakemake.utils import validate
 
 from ftbc import grid
 from ftbc.errors import UserError
-from ftbc.plots import figure_name
-
+from ftbc.grid import figure_name
 
 try:
     validate(config, "../schemas/config.schema.yaml", set_default=True)
@@ -62,8 +61,14 @@ def get_ann(wildcards):
 
 
 def get_evaluation(wildcards):
-    key = (wildcards.dataset, wildcards.arch, int(wildcards.seed), wildcards.method, int(wildcards.cseed),
-           wildcards.steps)
+    key = (
+        wildcards.dataset,
+        wildcards.arch,
+        int(wildcards.seed),
+        wildcards.method,
+        int(wildcards.cseed),
+        wildcards.steps,
+    )
     if key not in EVAL_INDEX:
         raise WorkflowError(f"no evaluation {'/'.join(map(str, key))} in the configured grid")
     return EVAL_INDEX[key]
@@ -92,5 +97,7 @@ def get_resources(rule_name):
     def pick(key):
         def f(wildcards):
             return grid.resources_for(config, rule_name, wildcards.dataset, wildcards.arch)[key]
+
         return f
+
     return {k: pick(k) for k in grid.RESOURCE_DEFAULTS}

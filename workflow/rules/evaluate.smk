@@ -11,6 +11,15 @@ rule evaluate_snn:
         result=f"{WORK}/snn/{{dataset}}/{{arch}}/seed{{seed}}/{{method}}/cal{{cseed}}/T{{steps}}/result.json",
         accuracy=f"{WORK}/snn/{{dataset}}/{{arch}}/seed{{seed}}/{{method}}/cal{{cseed}}/T{{steps}}/accuracy.csv",
         activity=f"{WORK}/snn/{{dataset}}/{{arch}}/seed{{seed}}/{{method}}/cal{{cseed}}/T{{steps}}/activity.csv",
+    log:
+        f"{LOGS}/evaluate_snn/{{dataset}}/{{arch}}/seed{{seed}}/{{method}}/cal{{cseed}}/T{{steps}}.log",
+    benchmark:
+        f"{WORK}/benchmarks/evaluate_snn/{{dataset}}/{{arch}}/seed{{seed}}/{{method}}/cal{{cseed}}/T{{steps}}.tsv"
+    conda:
+        "../../environment.yml"
+    threads: config["threads"]["evaluate"]
+    resources:
+        **get_resources("evaluate"),
     params:
         root=lambda wc: grid.data_root(config, wc.dataset),
         method_args=get_method_args,
@@ -21,15 +30,6 @@ rule evaluate_snn:
         device=lambda wc: get_evaluation(wc).ann.device,
         out=lambda wc, output: os.path.dirname(output.result),
         plugins=get_plugins_env(),
-    threads: config["threads"]["evaluate"]
-    resources:
-        **get_resources("evaluate"),
-    conda:
-        "../../environment.yml"
-    log:
-        f"{LOGS}/evaluate_snn/{{dataset}}/{{arch}}/seed{{seed}}/{{method}}/cal{{cseed}}/T{{steps}}.log",
-    benchmark:
-        f"{WORK}/benchmarks/evaluate_snn/{{dataset}}/{{arch}}/seed{{seed}}/{{method}}/cal{{cseed}}/T{{steps}}.tsv"
     shell:
         "{params.plugins}OMP_NUM_THREADS={threads} ftbc evaluate --checkpoint {input.checkpoint} --method {wildcards.method} "
         "--T {wildcards.steps} --data-root {params.root:q} --seed {wildcards.cseed} {params.method_args} "

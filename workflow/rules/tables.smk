@@ -25,13 +25,12 @@ rule tables:
             category="FTBC calibration",
             caption="../report/iterations.rst",
         ),
+    log:
+        f"{LOGS}/tables.log",
+    conda:
+        "../../environment.yml"
     params:
         T=",".join(str(t) for t in sorted(config["T"])),
         out=lambda wc, output: os.path.dirname(output.accuracy),
-    conda:
-        "../../environment.yml"
-    log:
-        f"{LOGS}/tables.log",
     shell:
-        "ftbc tables {input.runs} --published {input.published} --T {params.T} --out {params.out} "
-        "> {log} 2>&1"
+        "ftbc tables {input.runs} --published {input.published} --T {params.T} --out {params.out} > {log} 2>&1"

@@ -5,6 +5,15 @@ rule train_ann:
     output:
         weights=f"{WORK}/ann/{{dataset}}/{{arch}}/{{act}}/seed{{seed}}/model.safetensors",
         meta=f"{WORK}/ann/{{dataset}}/{{arch}}/{{act}}/seed{{seed}}/model.json",
+    log:
+        f"{LOGS}/train_ann/{{dataset}}/{{arch}}/{{act}}/seed{{seed}}.log",
+    benchmark:
+        f"{WORK}/benchmarks/train_ann/{{dataset}}/{{arch}}/{{act}}/seed{{seed}}.tsv"
+    conda:
+        "../../environment.yml"
+    threads: config["threads"]["train"]
+    resources:
+        **get_resources("train"),
     params:
         root=lambda wc: grid.data_root(config, wc.dataset),
         recipe=lambda wc: get_ann(wc).recipe,
@@ -12,18 +21,10 @@ rule train_ann:
         device=lambda wc: get_ann(wc).device,
         act_args=lambda wc: get_ann(wc).act_args,
         # several GPUs: one process per GPU under torchrun (DDP); the recipe's batch is the global one
-        launcher=lambda wc, resources: (f"torchrun --standalone --nproc_per_node={resources.gpu} -m ftbc"
-                                        if resources.gpu > 1 else "ftbc"),
+        launcher=lambda wc, resources: (
+            f"torchrun --standalone --nproc_per_node={resources.gpu} -m ftbc" if resources.gpu > 1 else "ftbc"
+        ),
         out=lambda wc, output: os.path.dirname(output.weights),
-    threads: config["threads"]["train"]
-    resources:
-        **get_resources("train"),
-    conda:
-        "../../environment.yml"
-    log:
-        f"{LOGS}/train_ann/{{dataset}}/{{arch}}/{{act}}/seed{{seed}}.log",
-    benchmark:
-        f"{WORK}/benchmarks/train_ann/{{dataset}}/{{arch}}/{{act}}/seed{{seed}}.tsv"
     shell:
         "OMP_NUM_THREADS={threads} {params.launcher} train --dataset {wildcards.dataset} --data-root {params.root:q} "
         "--arch {wildcards.arch} --act {wildcards.act} {params.act_args} --recipe {params.recipe} {params.epochs} "
