@@ -14,7 +14,7 @@ from __future__ import annotations
 import fnmatch
 
 from ftbc.errors import UserError
-from ftbc.method import Method, Stage
+from ftbc.snn.method import Method, Stage
 
 __all__ = ["Method", "Stage", "register_method", "get_method", "list_methods", "is_method"]
 

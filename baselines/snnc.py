@@ -34,11 +34,11 @@ import torch
 from torch import Tensor, nn
 
 from baselines import Method, Stage, register_method
-from ftbc.calibration import (ann_output, channel_mean, layerwise_pass, rate_pass, register_stage, resolve_order,
-                              time_means)
-from ftbc.calibration_pool import SNNC_LOADER
-from ftbc.conversion import draw_batches, spiking_layers
-from ftbc.neuron import IFNeuron
+from ftbc.snn.calibration import (ann_output, channel_mean, layerwise_pass, rate_pass, register_stage,
+                                  resolve_order, time_means)
+from ftbc.data.calibration_pool import SNNC_LOADER
+from ftbc.snn.conversion import draw_batches, spiking_layers
+from ftbc.snn.neuron import IFNeuron
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ftbc.bench import Setup, build
+from ftbc.bench.bench import Setup, build
 
 
 def pytest_configure(config: pytest.Config) -> None:

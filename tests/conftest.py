@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ftbc.allocator import keep_freed_memory
+from ftbc.train.allocator import keep_freed_memory
 
 keep_freed_memory()  # as the ftbc command does: the suite's CPU runs are measured with it
 
@@ -59,7 +59,7 @@ def cifar10_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def cifar10_train(cifar10_root: Path):
     """The real training split as a TensorImageDataset without transform (do not mutate)."""
-    from ftbc.data import load_split
+    from ftbc.data.datasets import load_split
 
     return load_split("cifar10", cifar10_root, "train")
 
@@ -67,7 +67,7 @@ def cifar10_train(cifar10_root: Path):
 @pytest.fixture(scope="session")
 def cifar10_test(cifar10_root: Path):
     """The real test split as a TensorImageDataset without transform (do not mutate)."""
-    from ftbc.data import load_split
+    from ftbc.data.datasets import load_split
 
     return load_split("cifar10", cifar10_root, "test")
 

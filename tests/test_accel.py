@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from _nets import tiny_vgg
-from ftbc.accel import _fused_step, compile_neurons, fast_simulate, precision, to_channels_last
-from ftbc.conversion import convert
-from ftbc.method import Method
-from ftbc.neuron import IFNeuron, if_step, if_step_
-from ftbc.simulation import simulate
+from ftbc.bench.accel import _fused_step, compile_neurons, fast_simulate, precision, to_channels_last
+from ftbc.snn.conversion import convert
+from ftbc.snn.method import Method
+from ftbc.snn.neuron import IFNeuron, if_step, if_step_
+from ftbc.snn.simulation import simulate
 
 METHOD = Method(name="accel_max", activation="relu", threshold="max", threshold_reduce="max",
                 v0=0.5, channelwise=True, threshold_batches=1, threshold_batch_size=16)

@@ -10,12 +10,12 @@ import pytest
 # minor page faults that cost.
 PROBE = """
 import resource, sys, torch
-from ftbc.allocator import keep_freed_memory
+from ftbc.train.allocator import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else False
 from baselines import get_method
-from ftbc.conversion import convert
+from ftbc.snn.conversion import convert
 from ftbc.models import create_model
-from ftbc.simulation import simulate
+from ftbc.snn.simulation import simulate
 torch.manual_seed(0)
 x = torch.randn(128, 3, 32, 32)
 snn = convert(create_model("vgg_small", num_classes=10, act_layer="relu").eval(), get_method("maxnorm"),

@@ -27,7 +27,7 @@ from conftest import REPO_ROOT, write_imagefolder
 
 from ftbc import models
 from ftbc._io import save_checkpoint, sha256_file, sidecar_path
-from ftbc.data import CIFAR_CLASSES
+from ftbc.data.datasets import CIFAR_CLASSES
 
 # Calibration sizes a 20-image training split can feed: thresholds, then the FTBC stage.
 SMALL = ("--set", "threshold_batches=1", "--set", "threshold_batch_size=4", "--set", "threshold_positions=64")
@@ -330,7 +330,7 @@ def _unpickling_calls(path: Path) -> list[str]:
 
 # The one deliberate exception: the releases' .pth files are torch pickles, read with the
 # restricted unpickler (weights_only=True) by the import command and nowhere else.
-RELEASE_READER = "ftbc/checkpoint_import.py"
+RELEASE_READER = "ftbc/interop/checkpoint_import.py"
 
 
 def _suite_unpickling() -> list[str]:

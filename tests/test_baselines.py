@@ -8,12 +8,12 @@ import baselines
 from _nets import tiny_resnet, tiny_vgg
 from baselines import Method, Stage, get_method, list_methods, register_method
 from baselines.snnc import _capture, feeding_layer, layer_loss, quantise
-from ftbc.calibration import STAGES, ann_targets, channel_mean, layerwise_pass
-from ftbc.conversion import CalibrationContext, convert, spiking_layers
+from ftbc.snn.calibration import STAGES, ann_targets, channel_mean, layerwise_pass
+from ftbc.snn.conversion import CalibrationContext, convert, spiking_layers
 from ftbc.errors import UserError
 from ftbc.models.activations import QCFS, ClipReLU
-from ftbc.neuron import IFNeuron
-from ftbc.thresholds import mse_search, quantisation_error
+from ftbc.snn.neuron import IFNeuron
+from ftbc.snn.thresholds import mse_search, quantisation_error
 
 PAPER_METHODS = ["maxnorm", "snnc_light", "snnc_advanced", "qcfs", "rts", "ftbc_relu", "ftbc_qcfs", "ftbc_rts"]
 
@@ -201,7 +201,7 @@ ACT = {"relu": nn.ReLU, "qcfs": lambda: QCFS(L=4, init_lambda=2.0), "clip": lamb
 
 @pytest.mark.parametrize("name", list_methods())
 def test_every_registered_method_converts_and_runs(name):
-    from ftbc.simulation import simulate
+    from ftbc.snn.simulation import simulate
 
     m = small(get_method(name))
     x = torch.randn(64, 3, 16, 16)
@@ -211,7 +211,7 @@ def test_every_registered_method_converts_and_runs(name):
 
 
 def test_a_method_registered_from_outside_runs_end_to_end(tmp_path, monkeypatch):
-    from ftbc.evaluation import run
+    from ftbc.run.evaluation import run
 
     # a private copy of the registry: the method must not leak into later tests' list_methods()
     monkeypatch.setattr(baselines, "_METHODS", dict(baselines._METHODS))

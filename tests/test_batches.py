@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ftbc.batches import TensorBatches, apply_cutout, draw_augmentation, shard_bounds
-from ftbc.distributed import GlobalBatchNorm2d, ShardedBatchSampler, convert_sync_batchnorm
+from ftbc.data.batches import TensorBatches, apply_cutout, draw_augmentation, shard_bounds
+from ftbc.data.distributed import GlobalBatchNorm2d, ShardedBatchSampler, convert_sync_batchnorm
 
 
 def test_cutout_zeroes_one_square_fully_inside_each_image():

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from _nets import tiny_resnet, tiny_vgg
-from ftbc import _reference
-from ftbc import export_spikingjelly as _spikingjelly
-from ftbc._memory import peak_memory
-from ftbc.calibration import ftbc_heuristic_update, layerwise_pass
-from ftbc.conversion import convert, spiking_layers
-from ftbc.method import Method
-from ftbc.simulation import simulate
+from ftbc.bench import reference as _reference
+from ftbc.interop import export_spikingjelly as _spikingjelly
+from ftbc.bench.memory import peak_memory
+from ftbc.snn.calibration import ftbc_heuristic_update, layerwise_pass
+from ftbc.snn.conversion import convert, spiking_layers
+from ftbc.snn.method import Method
+from ftbc.snn.simulation import simulate
 
 SCALAR = Method(name="bench_max", activation="relu", threshold="max", threshold_reduce="max",
                 v0=0.5, threshold_batches=1, threshold_batch_size=32)
@@ -93,7 +93,8 @@ def test_peak_memory_sees_torch_allocations():
 
 
 def test_bench_prints_one_json_object_and_a_table(capsys, tmp_path):
-    from ftbc import bench, bench_table
+    from ftbc.bench import bench
+    from ftbc.report import bench_table
 
     args = bench.get_args_parser().parse_args(
         ["--arch", "small", "--T", "2", "--batch", "4", "--rounds", "1", "--device", "cpu",
@@ -114,7 +115,7 @@ def test_bench_prints_one_json_object_and_a_table(capsys, tmp_path):
 
 
 def test_table_from_pytest_benchmark_json(tmp_path):
-    from ftbc import bench_table
+    from ftbc.report import bench_table
 
     def entry(candidate, median):
         return {"extra_info": {"candidate": candidate, "model": "m", "T": 8, "batch": 4, "device": "cpu",

@@ -5,11 +5,11 @@ import torch
 from torch import nn
 
 from _nets import tiny_resnet, tiny_vgg
-from ftbc.calibration import (ann_targets, channel_mean, ftbc_heuristic_update, ftbc_quantile_update,
-                              layerwise_pass, quantile_bias)
-from ftbc.conversion import convert, spiking_layers
-from ftbc.method import Method, Stage
-from ftbc.neuron import IFNeuron
+from ftbc.snn.calibration import (ann_targets, channel_mean, ftbc_heuristic_update, ftbc_quantile_update,
+                                  layerwise_pass, quantile_bias)
+from ftbc.snn.conversion import convert, spiking_layers
+from ftbc.snn.method import Method, Stage
+from ftbc.snn.neuron import IFNeuron
 
 T = 6
 
@@ -159,7 +159,7 @@ def test_bad_stage_parameters_are_rejected():
 
 def test_long_runs_log_a_line_per_stage_ftbc_iteration_and_T(caplog):
     """What ``tail -f`` on a job's log shows (the CLI sends these records to stdout)."""
-    from ftbc.evaluation import run
+    from ftbc.run.evaluation import run
 
     torch.manual_seed(0)
     x, y = torch.randn(64, 3, 16, 16), torch.randint(0, 10, (64,))
@@ -176,7 +176,7 @@ def test_long_runs_log_a_line_per_stage_ftbc_iteration_and_T(caplog):
 
 def test_a_long_simulation_logs_how_far_it_is(caplog, monkeypatch):
     """A T-free job simulates the whole test set in one go: it still logs its progress."""
-    import ftbc.evaluation as evaluation
+    import ftbc.run.evaluation as evaluation
 
     torch.manual_seed(0)
     x, y = torch.randn(12, 3, 16, 16), torch.randint(0, 10, (12,))

@@ -11,11 +11,10 @@ import torch
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from ftbc import data
-from ftbc.data import (
-    DATASETS, DatasetInfo, TensorImageDataset, build_transform, calibration_batches, calibration_indices,
-    dataset_info, holdout_split, load_split, make_loader,
-)
+from ftbc.data import datasets as data
+from ftbc.data.datasets import (DATASETS, DatasetInfo, TensorImageDataset, build_transform,
+                                calibration_batches, calibration_indices, dataset_info, holdout_split,
+                                load_split, make_loader)
 from ftbc.errors import DataError, UserError
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")

@@ -14,7 +14,7 @@ from conftest import REPO_ROOT, write_imagefolder
 from safetensors.torch import load_file
 
 from ftbc import cli, models
-from ftbc.data import CIFAR_CLASSES
+from ftbc.data.datasets import CIFAR_CLASSES
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ A few minutes on 2 CPU cores. The numbers it measures are printed (run with
 import pytest
 
 from baselines import get_method, list_methods
-from ftbc.evaluation import load_eval_data, run
-from ftbc.quickstart import cpu_budget
-from ftbc.training import evaluate, load_model, resolve_act_kwargs, train
+from ftbc.run.evaluation import load_eval_data, run
+from ftbc.run.quickstart import cpu_budget
+from ftbc.train.training import evaluate, load_model, resolve_act_kwargs, train
 
 pytestmark = pytest.mark.slow
 

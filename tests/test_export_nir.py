@@ -16,12 +16,12 @@ import torch.nn.functional as F
 
 from baselines import get_method
 from ftbc import models
-from ftbc.conversion import convert
-from ftbc.simulation import simulate
+from ftbc.snn.conversion import convert
+from ftbc.snn.simulation import simulate
 from test_baselines import small
 
 nir = pytest.importorskip("nir")
-from ftbc.export_nir import NotExpressible, to_nir  # noqa: E402
+from ftbc.interop.export_nir import NotExpressible, to_nir  # noqa: E402
 
 T = 4
 

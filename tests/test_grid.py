@@ -9,9 +9,9 @@ from PIL import Image
 
 import baselines
 from baselines import get_method
-from ftbc import grid
+from ftbc.run import grid
 from ftbc.errors import DataError, UserError
-from ftbc.prepare import make_subset, prepare
+from ftbc.data.prepare import make_subset, prepare
 
 
 def _config(**over):
@@ -111,7 +111,7 @@ def test_validation_errors_become_one_line():
 
 
 def _tiny_cifar(root, per_class=3):
-    from ftbc.data import CIFAR_CLASSES
+    from ftbc.data.datasets import CIFAR_CLASSES
 
     for split in ("train", "test"):
         for c, name in enumerate(CIFAR_CLASSES["cifar10"]):
@@ -142,7 +142,7 @@ def test_prepare_extracts_an_archive_and_takes_a_subset(tmp_path, monkeypatch):
 
 
 def test_data_roots_are_found_and_archives_extracted_once(tmp_path, monkeypatch):
-    from ftbc import prepare as prep
+    from ftbc.data import prepare as prep
 
     monkeypatch.setenv("FTBC_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv(prep.ROOT_ENV, raising=False)

@@ -15,11 +15,11 @@ from safetensors.torch import save_file
 from baselines import get_method
 from ftbc import models
 from ftbc.errors import CheckpointError
-from ftbc.evaluation import load_eval_data, run
-from ftbc.pretrained import load_initial_weights, torchvision_to_suite
-from ftbc.recipes import load_recipe
-from ftbc.reproduce import budgeted
-from ftbc.training import apply_overrides, evaluate, load_model, train
+from ftbc.run.evaluation import load_eval_data, run
+from ftbc.models.pretrained import load_initial_weights, torchvision_to_suite
+from ftbc.train.recipes import load_recipe
+from ftbc.run.reproduce import budgeted
+from ftbc.train.training import apply_overrides, evaluate, load_model, train
 
 
 @pytest.fixture(scope="module")

@@ -29,10 +29,10 @@ import torch
 from conftest import write_imagefolder
 from torch import nn
 
-from ftbc import grid
+from ftbc.run import grid
 from ftbc.cli import main as cli_main
-from ftbc.data import CIFAR_CLASSES
-from ftbc.training import load_model
+from ftbc.data.datasets import CIFAR_CLASSES
+from ftbc.train.training import load_model
 
 
 # ---------------------------------------------------------------- QCFS (putshua/ANN_SNN_QCFS, Models/)

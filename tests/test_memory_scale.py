@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ftbc import _memory
-from ftbc.calibration import layer_major_bytes, rate_pass, stepwise_ftbc_pass
-from ftbc.conversion import convert, spiking_layers
-from ftbc.method import Method
+from ftbc.bench import memory as _memory
+from ftbc.snn.calibration import layer_major_bytes, rate_pass, stepwise_ftbc_pass
+from ftbc.snn.conversion import convert, spiking_layers
+from ftbc.snn.method import Method
 from ftbc.models.vgg import FEATURE_CFGS, VGG
 
 N = 8

@@ -2,7 +2,7 @@
 
 import torch
 
-from ftbc.neuron import IFNeuron, if_step
+from ftbc.snn.neuron import IFNeuron, if_step
 
 
 def run_steps(n: IFNeuron, xs):
@@ -81,7 +81,7 @@ def test_state_dict_round_trip_with_changed_shapes():
 
 
 def test_in_place_step_is_bit_equal_to_the_pure_step():
-    from ftbc.neuron import if_step_
+    from ftbc.snn.neuron import if_step_
 
     torch.manual_seed(0)
     theta = torch.rand(5, 1, 1) + 0.2

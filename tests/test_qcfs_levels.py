@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from ftbc import grid
+from ftbc.run import grid
 from ftbc.errors import TrainingError
-from ftbc.training import QCFS_L, get_args_parser, qcfs_levels, resolve_act_kwargs
+from ftbc.train.training import QCFS_L, get_args_parser, qcfs_levels, resolve_act_kwargs
 
 
 @pytest.mark.parametrize("dataset, arch, L", [
@@ -67,7 +67,7 @@ def test_cli_leaves_L_unset_so_the_table_decides():
 
 def test_train_records_the_resolved_L(monkeypatch, tmp_path):
     """``train`` fills the defaults from the table for its arch before anything else (recorded in model.json)."""
-    import ftbc.training as training
+    import ftbc.train.training as training
 
     seen = {}
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ftbc.errors import UserError
-from ftbc.quickstart import QUICK_EPOCHS, QUICK_N_TEST, check_reusable, get_args_parser, training_epochs
+from ftbc.run.quickstart import QUICK_EPOCHS, QUICK_N_TEST, check_reusable, get_args_parser, training_epochs
 
 
 def test_the_default_run_is_the_one_the_readme_times():

@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from _nets import tiny_resnet, tiny_vgg
-from ftbc import _reference
-from ftbc import calibration as calib
-from ftbc.calibration_pool import CalibrationPool
-from ftbc.conversion import CalibrationContext, convert, spiking_layers
-from ftbc.data import TensorImageDataset
-from ftbc.method import Method
+from ftbc.bench import reference as _reference
+from ftbc.snn import calibration as calib
+from ftbc.data.calibration_pool import CalibrationPool
+from ftbc.snn.conversion import CalibrationContext, convert, spiking_layers
+from ftbc.data.datasets import TensorImageDataset
+from ftbc.snn.method import Method
 
 BASE = Method(name="agree_relu", activation="relu", threshold="max", threshold_reduce="max", channelwise=True,
               v0=0.0, shift=True, threshold_batches=1, threshold_batch_size=16)

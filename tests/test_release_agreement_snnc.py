@@ -17,10 +17,10 @@ from torch import nn
 from _nets import tiny_resnet, tiny_vgg
 from baselines import get_method
 from baselines.snnc import bias_calibration, feeding_layer, potential_calibration, weight_calibration
-from ftbc._reference import PlainIF, _ann_activation, plain_copy, stepwise_simulate
-from ftbc.conversion import CalibrationContext, convert, spiking_layers
+from ftbc.bench.reference import PlainIF, _ann_activation, plain_copy, stepwise_simulate
+from ftbc.snn.conversion import CalibrationContext, convert, spiking_layers
 from ftbc.models.activations import QCFS
-from ftbc.simulation import simulate
+from ftbc.snn.simulation import simulate
 
 T = 5
 N = 24

@@ -34,9 +34,9 @@ import torch
 from torch import nn
 
 from baselines import get_method
-from ftbc.conversion import fold_bn, observe_thresholds, swap_activations
-from ftbc.method import Method
-from ftbc.thresholds import batch_threshold
+from ftbc.snn.conversion import fold_bn, observe_thresholds, swap_activations
+from ftbc.snn.method import Method
+from ftbc.snn.thresholds import batch_threshold
 
 MOMENTUM = 0.9
 GRID = 95  # k = 0..94
@@ -193,7 +193,7 @@ def test_lambda_rule_keeps_one_value_and_the_4d_shape_rule():
 
 def test_snnc_none_is_the_release_no_calibration_run():
     """Release thresholds for --calib none (EMA of maxima), shift theta/(2T), v(0) = 0, no stage, T-dependent."""
-    from ftbc.conversion import spiking_layers
+    from ftbc.snn.conversion import spiking_layers
 
     method = get_method("snnc_none")
     assert method.stages == () and method.v0 == 0.0 and method.shift and method.t_dependent
@@ -233,7 +233,7 @@ def test_every_shipped_grid_runs_snnc_none_once_per_T_on_each_relu_ann(configfil
 
     import yaml
 
-    from ftbc import grid
+    from ftbc.run import grid
 
     config = yaml.safe_load((Path(__file__).resolve().parents[1] / configfile).read_text())
     jobs = [e for e in grid.evaluations(config) if e.method == "snnc_none"]

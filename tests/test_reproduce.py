@@ -17,9 +17,9 @@ import pytest
 from conftest import REPO_ROOT, write_imagefolder
 
 from baselines import get_method, list_methods
-from ftbc.data import CIFAR_CLASSES
+from ftbc.data.datasets import CIFAR_CLASSES
 from ftbc.errors import UserError
-from ftbc.reproduce import SETTINGS, budgeted, find_data, prepare_data
+from ftbc.run.reproduce import SETTINGS, budgeted, find_data, prepare_data
 
 SCRIPT = REPO_ROOT / "scripts" / "gpu_reproduce.sh"
 

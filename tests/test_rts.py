@@ -20,11 +20,12 @@ from torch import Tensor, nn
 
 from _nets import tiny_resnet
 from baselines import get_method, list_methods
-from ftbc.conversion import activation_sites, convert, fed_by_addition, fold_bn, spiking_layers, swap_activations
+from ftbc.snn.conversion import (activation_sites, convert, fed_by_addition, fold_bn, spiking_layers,
+                                 swap_activations)
 from ftbc.models import ClipReLU, create_model
 from ftbc.models.resnet import ResNet
-from ftbc.neuron import IFNeuron
-from ftbc.simulation import recording, simulate
+from ftbc.snn.neuron import IFNeuron
+from ftbc.snn.simulation import recording, simulate
 
 N_CALIB = 32  # threshold_batches * threshold_batch_size of ``_rts``: every calibration image is used
 

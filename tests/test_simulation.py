@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from _nets import tiny_resnet, tiny_vgg
-from ftbc.conversion import convert, spiking_layers
-from ftbc.method import Method
-from ftbc.neuron import IFNeuron
-import ftbc.simulation as sim
-from ftbc.simulation import accuracy_per_step, correct_per_step, layer_major_chunk, simulate, widest_layer
+from ftbc.snn.conversion import convert, spiking_layers
+from ftbc.snn.method import Method
+from ftbc.snn.neuron import IFNeuron
+import ftbc.snn.simulation as sim
+from ftbc.snn.simulation import accuracy_per_step, correct_per_step, layer_major_chunk, simulate, widest_layer
 
 MAXNORM = Method(name="test_max", activation="relu", threshold="max", threshold_reduce="max",
                  v0=0.5, threshold_batches=2, threshold_batch_size=32)
@@ -120,7 +120,7 @@ def test_conversion_limit_rates_approach_ann(make):
     x = torch.rand(32, 3, 16, 16) * 2 - 1
     res = convert(make(), MAXNORM, data=x, T=1)  # max thresholds over these very inputs: no clipping
     snn, ann = res.snn, res.ann
-    from ftbc.calibration import ann_targets
+    from ftbc.snn.calibration import ann_targets
 
     target = ann_targets(ann, x)
     errors = {}

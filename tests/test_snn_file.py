@@ -20,16 +20,16 @@ from conftest import write_imagefolder
 from ftbc import models
 from ftbc._io import save_checkpoint
 from ftbc.cli import main as ftbc_main
-from ftbc.conversion import convert
-from ftbc.data import CIFAR_CLASSES
+from ftbc.snn.conversion import convert
+from ftbc.data.datasets import CIFAR_CLASSES
 from ftbc.errors import CheckpointError
-from ftbc.evaluation import method_record
-from ftbc.simulation import simulate
-from ftbc.snn_file import load_snn, save_snn, snn_file_name
+from ftbc.run.evaluation import method_record
+from ftbc.snn.simulation import simulate
+from ftbc.snn.snn_file import load_snn, save_snn, snn_file_name
 from test_baselines import small
 
 sj = pytest.importorskip("spikingjelly")
-from ftbc.export_spikingjelly import sj_simulate, to_spikingjelly  # noqa: E402
+from ftbc.interop.export_spikingjelly import sj_simulate, to_spikingjelly  # noqa: E402
 
 T = 3
 ANN_META = dict(dataset="cifar10", arch="resnet20_qcfs", act_kwargs={}, num_classes=10, sha256="0" * 64)

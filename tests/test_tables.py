@@ -8,9 +8,9 @@ import torch
 
 from _nets import tiny_vgg
 from baselines import get_method
-from ftbc import tables
+from ftbc.report import tables
 from ftbc.errors import UserError
-from ftbc.evaluation import method_record, run, write_outputs
+from ftbc.run.evaluation import method_record, run, write_outputs
 
 
 def _evaluate(out, method_name, seed, Ts):
@@ -128,7 +128,7 @@ def test_published_figures_beside_below_or_not_at_all(runs, published):
 
 def test_rows_go_each_base_then_ftbc_on_it():
     from baselines import get_method
-    from ftbc.evaluation import method_record
+    from ftbc.run.evaluation import method_record
 
     names = ["ftbc_qcfs_quantile", "ftbc_relu", "qcfs", "snnc_light", "maxnorm", "ftbc_qcfs", "snnc_none", "opi"]
     summary = pd.DataFrame([{"method": n, **tables.naming(method_record(get_method(n)))} for n in names])
@@ -185,7 +185,7 @@ def test_published_arch_names_map_onto_the_suite_models():
 def test_iteration_figure_draws_only_methods_that_iterate(tmp_path, monkeypatch):
     import pandas as pd
 
-    from ftbc import plots
+    from ftbc.report import plots
 
     log = pd.DataFrame({"dataset": "cifar10", "arch": "tiny", "seed": 0, "T": 4,
                         "method": ["one_pass", "iterating", "iterating"], "iteration": [1, 1, 2],

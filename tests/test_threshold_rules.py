@@ -8,14 +8,14 @@ import torch
 
 import baselines
 from _nets import tiny_vgg
-from ftbc import thresholds
-from ftbc.conversion import convert, spiking_layers
-from ftbc.method import Method
+from ftbc.snn import thresholds
+from ftbc.snn.conversion import convert, spiking_layers
+from ftbc.snn.method import Method
 
 PLUGIN = '''
 import torch
 from baselines import Method, register_method
-from ftbc.thresholds import register_threshold_rule
+from ftbc.snn.thresholds import register_threshold_rule
 
 
 @register_threshold_rule("my_quantile", defaults={"q": 0.999})
@@ -37,7 +37,7 @@ def plugin(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(baselines, "_METHODS", dict(baselines._METHODS))  # registrations end with the test
     monkeypatch.setattr(thresholds, "RULES", dict(thresholds.RULES))
-    monkeypatch.setattr("ftbc.method.RULES", thresholds.RULES)
+    monkeypatch.setattr("ftbc.snn.method.RULES", thresholds.RULES)
     monkeypatch.delitem(sys.modules, "my_rules", raising=False)
     baselines.load_plugins("my_rules")
     yield baselines.get_method("my_quantile_norm")

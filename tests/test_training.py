@@ -12,12 +12,12 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from ftbc import cli
-from ftbc import data as ftbc_data
+from ftbc.data import datasets as ftbc_data
 from ftbc._io import save_checkpoint, sha256_file
 from ftbc.errors import CheckpointError, UserError
-from ftbc.recipes import RecipeError, list_recipes, load_recipe
-from ftbc.training import (TensorBatches, apply_overrides, create_optimizer, create_scheduler, evaluate, load_model,
-                           random_crop_flip, train)
+from ftbc.train.recipes import RecipeError, list_recipes, load_recipe
+from ftbc.train.training import (TensorBatches, apply_overrides, create_optimizer, create_scheduler, evaluate,
+                                 load_model, random_crop_flip, train)
 
 CLASSES = ftbc_data.CIFAR_CLASSES["cifar10"]
 
