@@ -34,10 +34,12 @@ import torch
 from torch import Tensor, nn
 
 from baselines import Method, Stage, register_method
-from ftbc.snn.calibration import (ann_output, channel_mean, layerwise_pass, rate_pass, register_stage,
-                                  resolve_order, time_means)
+from ftbc.snn.calibration import ann_output, layerwise_pass, rate_pass, resolve_order, time_means
+from ftbc.snn.ftbc_solvers import channel_mean
+from ftbc.snn.stages import register_stage
 from ftbc.data.calibration_pool import SNNC_LOADER
-from ftbc.snn.conversion import draw_batches, spiking_layers
+from ftbc.data.calibration_pool import draw_batches
+from ftbc.snn.graph import spiking_layers
 from ftbc.snn.neuron import IFNeuron
 
 

@@ -17,11 +17,12 @@ import torch
 
 from baselines import get_method
 from ftbc.snn.calibration import ann_targets
-from ftbc.snn.conversion import convert, spiking_layers
+from ftbc.snn.conversion import convert
+from ftbc.snn.graph import spiking_layers
 from ftbc.data.datasets import build_transform, load_split
 from ftbc.data.prepare import resolve_data_root
 from ftbc.snn.simulation import correct_per_step, simulate
-from ftbc.train.training import load_model
+from ftbc.models.checkpoint import load_model
 
 
 def main() -> None:

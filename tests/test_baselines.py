@@ -8,8 +8,11 @@ import baselines
 from _nets import tiny_resnet, tiny_vgg
 from baselines import Method, Stage, get_method, list_methods, register_method
 from baselines.snnc import _capture, feeding_layer, layer_loss, quantise
-from ftbc.snn.calibration import STAGES, ann_targets, channel_mean, layerwise_pass
-from ftbc.snn.conversion import CalibrationContext, convert, spiking_layers
+from ftbc.snn.stages import STAGES
+from ftbc.snn.calibration import ann_targets, layerwise_pass
+from ftbc.snn.ftbc_solvers import channel_mean
+from ftbc.snn.conversion import CalibrationContext, convert
+from ftbc.snn.graph import spiking_layers
 from ftbc.errors import UserError
 from ftbc.models.activations import QCFS, ClipReLU
 from ftbc.snn.neuron import IFNeuron

@@ -11,8 +11,10 @@ from _nets import tiny_resnet, tiny_vgg
 from ftbc.bench import reference as _reference
 from ftbc.interop import export_spikingjelly as _spikingjelly
 from ftbc.bench.memory import peak_memory
-from ftbc.snn.calibration import ftbc_heuristic_update, layerwise_pass
-from ftbc.snn.conversion import convert, spiking_layers
+from ftbc.snn.ftbc_solvers import ftbc_heuristic_update
+from ftbc.snn.calibration import layerwise_pass
+from ftbc.snn.conversion import convert
+from ftbc.snn.graph import spiking_layers
 from ftbc.snn.method import Method
 from ftbc.snn.simulation import simulate
 

@@ -5,9 +5,10 @@ import torch
 from torch import nn
 
 from _nets import tiny_resnet, tiny_vgg
-from ftbc.snn.calibration import (ann_targets, channel_mean, ftbc_heuristic_update, ftbc_quantile_update,
-                                  layerwise_pass, quantile_bias)
-from ftbc.snn.conversion import convert, spiking_layers
+from ftbc.snn.calibration import ann_targets, layerwise_pass
+from ftbc.snn.ftbc_solvers import channel_mean, ftbc_heuristic_update, ftbc_quantile_update, quantile_bias
+from ftbc.snn.conversion import convert
+from ftbc.snn.graph import spiking_layers
 from ftbc.snn.method import Method, Stage
 from ftbc.snn.neuron import IFNeuron
 

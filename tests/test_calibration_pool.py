@@ -11,10 +11,11 @@ from baselines import get_method
 from conftest import write_imagefolder
 from ftbc.data.calibration_pool import (CROP_FLIP, QCFS_LOADER, SNNC_LOADER, CalibrationPool, holdout_indices,
                                         reserve_size, split_reserve)
-from ftbc.snn.conversion import convert, spiking_layers
+from ftbc.snn.conversion import convert
+from ftbc.snn.graph import spiking_layers
 from ftbc.data.datasets import CIFAR_CLASSES, TensorImageDataset
 from ftbc.errors import DataError
-from ftbc.run.evaluation import load_eval_data
+from ftbc.data.eval_sets import load_eval_data
 
 SMALL = {"threshold_batches": 2, "threshold_batch_size": 16, "threshold_positions": 512}
 
@@ -92,7 +93,7 @@ def test_each_release_loader_has_its_own_augmentation():
 
 def test_a_whole_pass_yields_every_pool_image_once_batch_by_batch():
     """RTS's maxima: one pass over the whole (augmenting) loader, here the whole pool."""
-    from ftbc.snn.conversion import draw_batches
+    from ftbc.data.calibration_pool import draw_batches
 
     images = torch.arange(200, dtype=torch.uint8).reshape(200, 1, 1, 1).expand(200, 3, 32, 32).contiguous()
     pool = CalibrationPool(TensorImageDataset(images, torch.zeros(200)), "cifar10", transform_name="test")

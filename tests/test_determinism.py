@@ -30,11 +30,13 @@ from baselines import get_method
 from ftbc.snn.conversion import Converted, convert
 from ftbc.data.datasets import (CIFAR_CLASSES, build_transform, calibration_batches, calibration_indices,
                                 load_split, make_loader)
-from ftbc.run.evaluation import evaluate_snn, load_eval_data
+from ftbc.run.evaluation import evaluate_snn
+from ftbc.data.eval_sets import load_eval_data
 from ftbc.snn.neuron import IFNeuron
 from ftbc.train.recipes import load_recipe
 from ftbc.snn.simulation import simulate
-from ftbc.train.training import apply_overrides, load_model, train
+from ftbc.train.training import apply_overrides, train
+from ftbc.models.checkpoint import load_model
 
 EPOCHS, BATCH = 1, 16
 # ftbc_relu with calibration sizes an 80-image training split can feed.

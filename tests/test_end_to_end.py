@@ -7,9 +7,12 @@ A few minutes on 2 CPU cores. The numbers it measures are printed (run with
 import pytest
 
 from baselines import get_method, list_methods
-from ftbc.run.evaluation import load_eval_data, run
+from ftbc.data.eval_sets import load_eval_data
+from ftbc.run.evaluation import run
 from ftbc.run.quickstart import cpu_budget
-from ftbc.train.training import evaluate, load_model, resolve_act_kwargs, train
+from ftbc.train.loop import evaluate
+from ftbc.models.checkpoint import load_model, resolve_act_kwargs
+from ftbc.train.training import train
 
 pytestmark = pytest.mark.slow
 

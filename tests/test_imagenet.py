@@ -15,11 +15,14 @@ from safetensors.torch import save_file
 from baselines import get_method
 from ftbc import models
 from ftbc.errors import CheckpointError
-from ftbc.run.evaluation import load_eval_data, run
+from ftbc.data.eval_sets import load_eval_data
+from ftbc.run.evaluation import run
 from ftbc.models.pretrained import load_initial_weights, torchvision_to_suite
 from ftbc.train.recipes import load_recipe
 from ftbc.run.reproduce import budgeted
-from ftbc.train.training import apply_overrides, evaluate, load_model, train
+from ftbc.train.training import apply_overrides, train
+from ftbc.train.loop import evaluate
+from ftbc.models.checkpoint import load_model
 
 
 @pytest.fixture(scope="module")

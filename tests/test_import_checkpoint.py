@@ -32,7 +32,7 @@ from torch import nn
 from ftbc.run import grid
 from ftbc.cli import main as cli_main
 from ftbc.data.datasets import CIFAR_CLASSES
-from ftbc.train.training import load_model
+from ftbc.models.checkpoint import load_model
 
 
 # ---------------------------------------------------------------- QCFS (putshua/ANN_SNN_QCFS, Models/)

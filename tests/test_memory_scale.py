@@ -24,8 +24,10 @@ import pytest
 import torch
 
 from ftbc.bench import memory as _memory
-from ftbc.snn.calibration import layer_major_bytes, rate_pass, stepwise_ftbc_pass
-from ftbc.snn.conversion import convert, spiking_layers
+from ftbc.snn.calibration import layer_major_bytes, rate_pass
+from ftbc.snn.ftbc_solvers import stepwise_ftbc_pass
+from ftbc.snn.conversion import convert
+from ftbc.snn.graph import spiking_layers
 from ftbc.snn.method import Method
 from ftbc.models.vgg import FEATURE_CFGS, VGG
 

@@ -12,7 +12,8 @@ import yaml
 
 from ftbc.run import grid
 from ftbc.errors import TrainingError
-from ftbc.train.training import QCFS_L, get_args_parser, qcfs_levels, resolve_act_kwargs
+from ftbc.models.checkpoint import QCFS_L, qcfs_levels, resolve_act_kwargs
+from ftbc.train.training import get_args_parser
 
 
 @pytest.mark.parametrize("dataset, arch, L", [

@@ -19,7 +19,8 @@ from _nets import tiny_resnet, tiny_vgg
 from ftbc.bench import reference as _reference
 from ftbc.snn import calibration as calib
 from ftbc.data.calibration_pool import CalibrationPool
-from ftbc.snn.conversion import CalibrationContext, convert, spiking_layers
+from ftbc.snn.conversion import CalibrationContext, convert
+from ftbc.snn.graph import spiking_layers
 from ftbc.data.datasets import TensorImageDataset
 from ftbc.snn.method import Method
 

@@ -18,7 +18,8 @@ from _nets import tiny_resnet, tiny_vgg
 from baselines import get_method
 from baselines.snnc import bias_calibration, feeding_layer, potential_calibration, weight_calibration
 from ftbc.bench.reference import PlainIF, _ann_activation, plain_copy, stepwise_simulate
-from ftbc.snn.conversion import CalibrationContext, convert, spiking_layers
+from ftbc.snn.conversion import CalibrationContext, convert
+from ftbc.snn.graph import spiking_layers
 from ftbc.models.activations import QCFS
 from ftbc.snn.simulation import simulate
 

@@ -34,7 +34,8 @@ import torch
 from torch import nn
 
 from baselines import get_method
-from ftbc.snn.conversion import fold_bn, observe_thresholds, swap_activations
+from ftbc.snn.graph import fold_bn
+from ftbc.snn.conversion import observe_thresholds, swap_activations
 from ftbc.snn.method import Method
 from ftbc.snn.thresholds import batch_threshold
 
@@ -193,7 +194,7 @@ def test_lambda_rule_keeps_one_value_and_the_4d_shape_rule():
 
 def test_snnc_none_is_the_release_no_calibration_run():
     """Release thresholds for --calib none (EMA of maxima), shift theta/(2T), v(0) = 0, no stage, T-dependent."""
-    from ftbc.snn.conversion import spiking_layers
+    from ftbc.snn.graph import spiking_layers
 
     method = get_method("snnc_none")
     assert method.stages == () and method.v0 == 0.0 and method.shift and method.t_dependent

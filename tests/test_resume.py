@@ -20,7 +20,8 @@ from ftbc.data.datasets import CIFAR_CLASSES
 from ftbc.errors import TrainingError
 from ftbc.train.recipes import load_recipe
 from ftbc.data.distributed import DistEnv
-from ftbc.train.training import _epochs_in_budget, _resize_for_budget, apply_overrides, train, train_one_epoch
+from ftbc.train.training import _epochs_in_budget, _resize_for_budget, apply_overrides, train
+from ftbc.train.loop import train_one_epoch
 
 # One thread everywhere: the in-process reference and the subprocesses then run the same kernels bit for bit.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}

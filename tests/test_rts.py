@@ -20,8 +20,8 @@ from torch import Tensor, nn
 
 from _nets import tiny_resnet
 from baselines import get_method, list_methods
-from ftbc.snn.conversion import (activation_sites, convert, fed_by_addition, fold_bn, spiking_layers,
-                                 swap_activations)
+from ftbc.snn.graph import activation_sites, fed_by_addition, fold_bn, spiking_layers
+from ftbc.snn.conversion import convert, swap_activations
 from ftbc.models import ClipReLU, create_model
 from ftbc.models.resnet import ResNet
 from ftbc.snn.neuron import IFNeuron

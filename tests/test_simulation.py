@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from _nets import tiny_resnet, tiny_vgg
-from ftbc.snn.conversion import convert, spiking_layers
+from ftbc.snn.conversion import convert
+from ftbc.snn.graph import spiking_layers
 from ftbc.snn.method import Method
 from ftbc.snn.neuron import IFNeuron
 import ftbc.snn.simulation as sim

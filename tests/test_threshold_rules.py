@@ -9,7 +9,8 @@ import torch
 import baselines
 from _nets import tiny_vgg
 from ftbc.snn import thresholds
-from ftbc.snn.conversion import convert, spiking_layers
+from ftbc.snn.conversion import convert
+from ftbc.snn.graph import spiking_layers
 from ftbc.snn.method import Method
 
 PLUGIN = '''

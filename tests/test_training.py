@@ -16,8 +16,10 @@ from ftbc.data import datasets as ftbc_data
 from ftbc._io import save_checkpoint, sha256_file
 from ftbc.errors import CheckpointError, UserError
 from ftbc.train.recipes import RecipeError, list_recipes, load_recipe
-from ftbc.train.training import (TensorBatches, apply_overrides, create_optimizer, create_scheduler, evaluate,
-                                 load_model, random_crop_flip, train)
+from ftbc.data.batches import TensorBatches, random_crop_flip
+from ftbc.train.training import apply_overrides, train
+from ftbc.train.loop import create_optimizer, create_scheduler, evaluate
+from ftbc.models.checkpoint import load_model
 
 CLASSES = ftbc_data.CIFAR_CLASSES["cifar10"]
 

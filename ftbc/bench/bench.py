@@ -44,7 +44,8 @@ from ftbc.bench import reference as _reference
 from ftbc.interop import export_spikingjelly as _spikingjelly
 from ftbc.bench.memory import peak_memory
 from ftbc.bench.accel import PRECISIONS, auto_chunk, compile_neurons, fast_simulate, precision, to_channels_last
-from ftbc.snn.calibration import ftbc_heuristic_update, layerwise_pass
+from ftbc.snn.ftbc_solvers import ftbc_heuristic_update
+from ftbc.snn.calibration import layerwise_pass
 from ftbc.snn.simulation import default_mode, simulate
 
 # --arch shorthands: the CIFAR networks of the issue (SNNC's VGG-16, the standard ResNet-20).

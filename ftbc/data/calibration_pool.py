@@ -29,12 +29,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ftbc.data.datasets import build_transform, calibration_batches, dataset_info
 from ftbc.errors import DataError
 
 TRANSFORMS = ("train", "test")
@@ -138,8 +139,6 @@ class CalibrationPool:
 
 def calibration_transform(dataset: str, name: str, augmentation: Mapping[str, Any] | None = None):
     """The per-image transform for ``name`` ('train': the release's augmentation, 'test')."""
-    from ftbc.data.datasets import build_transform, dataset_info
-
     if name not in TRANSFORMS:
         raise ValueError(f"calibration transform must be one of {TRANSFORMS}, got {name!r}")
     if name == "test":
@@ -154,3 +153,20 @@ def calibration_transform(dataset: str, name: str, augmentation: Mapping[str, An
         return build_transform(dataset, train=True)
     return build_transform(dataset, train=True, autoaugment=bool(aug["autoaugment"]), cutout=int(aug["cutout"]),
                            cutout_before_normalize=bool(aug["cutout_before_normalize"]))
+
+
+def draw_batches(data: Any, n_batches: int | None, batch_size: int, seed: int) -> Iterable[Tensor]:
+    """``n_batches`` batches drawn by ``seed`` from ``data``: a :class:`~ftbc.calibration_pool.CalibrationPool`,
+    a Tensor of images (already transformed) or a training Dataset with a float transform.
+    ``n_batches=None``: every image once (a generator for a pool: one batch in memory at a time)."""
+    if isinstance(data, CalibrationPool):
+        return data.iter_all(batch_size, seed) if n_batches is None else data.draw(n_batches, batch_size, seed)
+    if isinstance(data, Tensor):
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(len(data), generator=g)
+        idx = idx if n_batches is None else idx[: n_batches * batch_size]
+        return [data[i] for i in idx.split(batch_size)]
+    if n_batches is None:
+        n_batches = len(data) // batch_size
+
+    return calibration_batches(data, n_batches=n_batches, batch_size=batch_size, seed=seed)

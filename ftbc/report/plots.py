@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ftbc._io import atomic_write  # noqa: E402
+from ftbc.report.naming import NAMING, match_published, naming, row_order  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
@@ -38,8 +39,6 @@ def plot_accuracy_vs_T(acc: pd.DataFrame, published: pd.DataFrame, dataset: str,
     """One PNG per architecture of ``dataset``, one panel per base method (family): a line per method
     (mean over runs; colour = the base, line style = the calibration), its published points as rings
     where there are any, the ANN accuracy of the panel's activation as a grey line."""
-    from ftbc.report.tables import NAMING, match_published, naming, row_order
-
     paths = []
     acc = acc[acc["dataset"] == dataset].copy()
     for key in NAMING:  # long tables written before the naming columns existed

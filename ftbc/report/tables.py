@@ -25,17 +25,11 @@ import yaml
 from ftbc._io import write_text
 from ftbc.energy import E_AC_PJ, ann_energy_uj, snn_energy_uj
 from ftbc.errors import UserError
+from ftbc.options import parse_T
+from ftbc.report.naming import NAMING, load_published, match_published, naming, row_order
 
 # seed: the calibration seed; ann_seed: the seed the ANN was trained with (a grid may vary both)
 KEYS = ["dataset", "arch", "activation", "method", "ann_seed", "seed"]
-# The suite's lineage-exact model names -> how the published tables name them (first match wins).
-PUBLISHED_ARCH: dict[str, list[str]] = {
-    "vgg16_snnc": ["vgg16"], "vgg16_qcfs": ["vgg16"], "vgg16_rts": ["vgg16_rts", "vgg16"],
-    "resnet20_qcfs": ["resnet20_qcfs"], "resnet20_rts": ["resnet20_rts", "resnet18_alt"],
-    "resnet20_snnc": ["resnet20_snnc"], "resnet18_cifar": ["resnet18"],
-    "vgg16_imagenet": ["vgg16"], "vgg16_rts_imagenet": ["vgg16"],
-    "resnet34_snnc": ["resnet34"], "resnet34_qcfs": ["resnet34"],
-}
 RESULT_FORMATS = (1,)
 
 
@@ -96,19 +90,6 @@ def collect_accuracy(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
     return df[cols].sort_values(KEYS + ["T"], kind="stable").reset_index(drop=True)
 
 
-NAMING = ("label", "family", "calibration", "rank")
-
-
-def naming(method: dict[str, Any]) -> dict[str, Any]:
-    """How the tables name and order a method's rows, from its ``result.json`` record
-    (results written before these fields existed: by name, after the others)."""
-    name = method.get("name", "?")
-    stages = [s.get("name") for s in method.get("stages", [])]
-    return {"label": method.get("label") or name, "family": method.get("family") or name,
-            "calibration": method.get("calibration") or ("+".join(stages) if stages else "none"),
-            "rank": method.get("rank", 10_000)}
-
-
 def collect_spikes(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
     """Per layer and T: mean firing rate and spikes / synaptic operations per image up to T."""
     frames = []
@@ -135,30 +116,6 @@ def spikes_per_image(spikes: pd.DataFrame) -> pd.DataFrame:
     if spikes.empty:
         return pd.DataFrame(columns=KEYS + ["T", "spikes_per_image", "synops_per_image"])
     return spikes.groupby(KEYS + ["T"], as_index=False, dropna=False)[["spikes_per_image", "synops_per_image"]].sum()
-
-
-def load_published(path: str | Path) -> pd.DataFrame:
-    """The published figures, one row per (source, dataset, arch, method, T)."""
-    df = pd.read_csv(path)
-    missing = {"source", "dataset", "arch", "method", "ann_acc", "T", "acc"} - set(df.columns)
-    if missing:
-        raise UserError(f"{path} lacks the columns {sorted(missing)}")
-    return df
-
-
-def match_published(acc: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
-    """One published (ann_acc, acc, source) per (dataset, arch, method, T) of ``acc``, via PUBLISHED_ARCH."""
-    rows = []
-    for (dataset, arch, method), _ in acc.groupby(["dataset", "arch", "method"]):
-        for alias in PUBLISHED_ARCH.get(arch, [arch]):
-            hit = published[(published.dataset == dataset) & (published.arch == alias) & (published.method == method)]
-            if not hit.empty:
-                hit = hit.drop_duplicates("T")
-                rows += [dict(dataset=dataset, arch=arch, method=method, T=int(r.T), published=float(r.acc),
-                              published_ann=float(r.ann_acc), published_source=r.source) for r in hit.itertuples()]
-                break
-    return pd.DataFrame(rows, columns=["dataset", "arch", "method", "T", "published", "published_ann",
-                                       "published_source"])
 
 
 # -- paper-style tables ------------------------------------------------------------------
@@ -190,19 +147,6 @@ def summarize(acc: pd.DataFrame, published: pd.DataFrame, spikes: pd.DataFrame, 
 
 
 PUBLISHED_STYLES = ("beside", "below", "none")
-CALIBRATION_ORDER = {"none": 0, "FTBC": 2, "FTBC quantile": 3}  # other stages (bias, potential, ...): 1
-
-
-def row_order(summary: pd.DataFrame) -> list[str]:
-    """Methods in the papers' order: each base family (in registry order), its rows without
-    FTBC first, then FTBC on it, then the quantile solver."""
-    m = summary.drop_duplicates("method").copy()
-    for key, default in (("rank", 10_000), ("family", None), ("calibration", "none")):
-        if key not in m:
-            m[key] = m["method"] if default is None else default
-    m["family_rank"] = m.groupby("family")["rank"].transform("min")
-    m["kind"] = m["calibration"].map(lambda c: CALIBRATION_ORDER.get(c, 1))
-    return m.sort_values(["family_rank", "kind", "rank", "method"])["method"].tolist()
 
 
 def _num(v: float, std: float = float("nan"), latex: bool = False) -> str:
@@ -346,7 +290,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ftbc.run.evaluation import parse_T
     from ftbc.report.plots import plot_accuracy_vs_T, plot_iterations
 
     out = Path(args.out)

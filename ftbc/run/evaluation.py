@@ -15,7 +15,6 @@ configuration, timings, calibration log) and ``run.yaml``.
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import operator
 import sys
@@ -30,9 +29,12 @@ from torch import Tensor, fx, nn
 
 from ftbc._io import write_json, write_text
 from ftbc.data.calibration_pool import TRANSFORMS, CalibrationPool
-from ftbc.snn.conversion import convert, spiking_layers
+from ftbc.data.eval_sets import load_eval_data, load_test_batches
 from ftbc.energy import count_macs
 from ftbc.errors import UserError
+from ftbc.options import parse_overrides, parse_T
+from ftbc.snn.conversion import convert
+from ftbc.snn.graph import spiking_layers
 from ftbc.snn.method import Method
 from ftbc.snn.neuron import IFNeuron
 from ftbc.snn.simulation import StepMode, correct_per_step, recording, simulate
@@ -229,31 +231,6 @@ def protocol(method: Method, has_holdout: bool) -> str:
 
 # -- CLI --------------------------------------------------------------------------------
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``key=value`` pairs, values parsed as YAML scalars (``ftbc.iterations=5``)."""
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise UserError(f"--set expects key=value, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
-    return out
-
-
-def parse_T(text: str) -> list[int]:
-    """``32`` -> 1..32 is not implied: '1,2,4' or '1-32' or '32'."""
-    Ts: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        if "-" in part:
-            a, b = part.split("-", 1)
-            Ts.extend(range(int(a), int(b) + 1))
-        elif part:
-            Ts.append(int(part))
-    if not Ts or min(Ts) < 1 or max(Ts) > 4096:
-        raise UserError(f"T must be a list of steps in 1..4096 (e.g. 1,2,4,8 or 1-32), got {text!r}")
-    return sorted(set(Ts))
-
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Convert, calibrate and evaluate an SNN at every time step.",
@@ -289,75 +266,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-def load_eval_data(dataset: str, root: str, *, download: bool, holdout: int, n_test: int, batch_size: int,
-                   test_seed: int = 0, calibration_transform: str = "train", num_workers: int = 0):
-    """(calibration pool, holdout tensors or None, :class:`TestBatches`).
-
-    The pool is the training split minus the fixed reserve (:mod:`ftbc.calibration_pool`);
-    a held-out slice comes from the reserve, so it never changes the calibration images.
-    The test subset (``n_test > 0``) is drawn with ``test_seed``, one seed for a whole grid,
-    whatever the ANN or calibration seed. Test and held-out images get the test-time transform.
-    """
-    from torch.utils.data import Subset
-
-    from ftbc.data.calibration_pool import CalibrationPool, holdout_indices
-    from ftbc.data.datasets import build_transform, load_split
-
-    tf = build_transform(dataset, train=False)
-    train = load_split(dataset, root, "train", download=download)
-    pool = CalibrationPool(train, dataset, transform_name=calibration_transform)
-    held = None
-    if holdout:
-        evaluated = copy.copy(train)
-        evaluated.transform = tf
-        held = _stack(Subset(evaluated, holdout_indices(len(train), holdout)))
-    test = load_test_batches(dataset, root, download=download, n_test=n_test, batch_size=batch_size,
-                             test_seed=test_seed, num_workers=num_workers)
-    return pool, held, test
-
-
-def load_test_batches(dataset: str, root: str, *, download: bool, n_test: int, batch_size: int,
-                      test_seed: int = 0, num_workers: int = 0) -> "TestBatches":
-    """The test split (or its fixed ``n_test`` subset drawn with ``test_seed``), test-time transform."""
-    from torch.utils.data import Subset
-
-    from ftbc.data.datasets import build_transform, load_split
-
-    test = load_split(dataset, root, "test", transform=build_transform(dataset, train=False), download=download)
-    if n_test:
-        g = torch.Generator().manual_seed(test_seed)
-        test = Subset(test, torch.randperm(len(test), generator=g)[:n_test].sort().values.tolist())
-    return TestBatches(test, batch_size, num_workers=num_workers)
-
-
-class TestBatches:
-    """The test split as ``(images, labels)`` batches in a fixed order, decoded and transformed
-    batch by batch: evaluation holds one batch in memory, not the split (ImageNet's validation
-    split as one float tensor would be about 30 GB). Iterable any number of times."""
-
-    __test__ = False  # not a pytest class
-
-    def __init__(self, dataset, batch_size: int, *, num_workers: int = 0) -> None:
-        from torch.utils.data import DataLoader
-
-        if len(dataset) == 0:
-            raise UserError("no test images to evaluate")
-        self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                 persistent_workers=num_workers > 0)
-        self.n_images = len(dataset)
-
-    def __iter__(self):
-        return iter(self.loader)
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-
-def _stack(ds) -> tuple[Tensor, Tensor]:
-    xs, ys = zip(*(ds[i] for i in range(len(ds))))
-    return torch.stack(xs), torch.as_tensor(ys)
-
-
 def write_outputs(out: Path, accuracy: pd.DataFrame, activity: pd.DataFrame, result: dict[str, Any]) -> None:
     write_text(out / "accuracy.csv", accuracy.to_csv(index=False))
     write_text(out / "activity.csv", activity.to_csv(index=False))
@@ -366,7 +274,8 @@ def write_outputs(out: Path, accuracy: pd.DataFrame, activity: pd.DataFrame, res
 
 def main(args: argparse.Namespace) -> int:
     from baselines import get_method, plugin_modules
-    from ftbc.train.training import evaluate, load_model
+    from ftbc.train.loop import evaluate
+    from ftbc.models.checkpoint import load_model
 
     if args.snn:
         return main_saved(args)

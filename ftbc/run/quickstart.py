@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from ftbc._io import write_text
-from ftbc.snn.calibration import STAGES
+from ftbc.snn.stages import STAGES
 from ftbc.errors import CheckpointError, UserError
 from ftbc.snn.method import Method
 
@@ -105,8 +105,12 @@ def pivot(accuracy: pd.DataFrame) -> pd.DataFrame:
 
 def main(args: argparse.Namespace) -> int:
     from baselines import get_method, list_methods
-    from ftbc.run.evaluation import load_eval_data, method_record, parse_T, run, write_outputs
-    from ftbc.train.training import evaluate, load_model, resolve_act_kwargs, train
+    from ftbc.data.eval_sets import load_eval_data
+    from ftbc.run.evaluation import method_record, run, write_outputs
+    from ftbc.options import parse_T
+    from ftbc.train.loop import evaluate
+    from ftbc.models.checkpoint import load_model, resolve_act_kwargs
+    from ftbc.train.training import train
 
     from ftbc.data.prepare import resolve_data_root
 

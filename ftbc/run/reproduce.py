@@ -96,7 +96,7 @@ def hardware(device: torch.device) -> dict[str, Any]:
     import timm
     import torchvision
 
-    from ftbc.train.training import git_commit
+    from ftbc._io import git_commit
 
     info: dict[str, Any] = dict(
         date_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"), python=sys.version.split()[0],
@@ -147,7 +147,7 @@ def budgeted(method, *, n_train: int, ftbc_images: int, wc_iterations: int, mse_
         changes.update(threshold_batch_size=bs, threshold_batches=min(method.threshold_batches, n_train // bs))
     if method.threshold == "mse" and mse_positions is not None:
         changes["threshold_positions"] = mse_positions
-    from ftbc.snn.calibration import STAGES
+    from ftbc.snn.stages import STAGES
 
     for stage in method.stages:
         p = {**STAGES[stage.name].defaults, **stage.params}
@@ -172,7 +172,8 @@ def budgeted(method, *, n_train: int, ftbc_images: int, wc_iterations: int, mse_
 def train_anns(root: Path, work: Path, acts: list[str], archs: dict[str, str], *, recipe: str, deadline: float,
                clock: Clock, device: str, seed: int, epochs_cap: int | None) -> dict[str, dict[str, Any]]:
     """Train one ANN per activation, each in an equal share of the time left until ``deadline``."""
-    from ftbc.train.training import resolve_act_kwargs, train
+    from ftbc.models.checkpoint import resolve_act_kwargs
+    from ftbc.train.training import train
 
     records = {}
     for i, act in enumerate(acts):
@@ -275,8 +276,9 @@ def main(args: argparse.Namespace) -> int:
 
 def _run(args, setting, clock, device, budget, T_max, T_dep, out, work) -> int:
     from baselines import get_method, list_methods
-    from ftbc.run.evaluation import load_eval_data
-    from ftbc.train.training import evaluate, load_model
+    from ftbc.data.eval_sets import load_eval_data
+    from ftbc.train.loop import evaluate
+    from ftbc.models.checkpoint import load_model
 
     repo = Path(__file__).resolve().parents[2]
     tr_pc, te_pc = setting["per_class"]

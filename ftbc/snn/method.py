@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ftbc.data.calibration_pool import CROP_FLIP
+from ftbc.snn.calibration import ftbc_stage  # noqa: F401  (importing it registers the "ftbc" stage)
+from ftbc.snn.stages import STAGES
 from ftbc.snn.thresholds import RULES, get_rule
 
 ACTIVATIONS = ("relu", "qcfs", "clip")
@@ -104,8 +106,6 @@ class Method:
     @property
     def t_dependent(self) -> bool:
         """True when a constant depends on T, so each T needs its own conversion run."""
-        from ftbc.snn.calibration import STAGES
-
         return (
             self.shift
             or get_rule(self.threshold).t_dependent
@@ -160,8 +160,6 @@ class Method:
 
 def _check_stage_params(method: str, stage: Stage) -> None:
     """Raise ValueError for a parameter the registered stage does not take (unregistered stages pass)."""
-    from ftbc.snn.calibration import STAGES
-
     spec = STAGES.get(stage.name)
     unknown = sorted(set(stage.params) - set(spec.defaults)) if spec is not None else []
     if unknown:

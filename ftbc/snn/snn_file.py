@@ -30,7 +30,8 @@ import torch
 from torch import fx
 
 from ftbc._io import load_checkpoint, save_checkpoint
-from ftbc.snn.conversion import OUTPUT_NEURON, fold_bn, place_neurons, spiking_layers
+from ftbc.models.checkpoint import _build_model, state_mismatch
+from ftbc.snn.graph import OUTPUT_NEURON, fold_bn, place_neurons, spiking_layers
 from ftbc.errors import CheckpointError
 from ftbc.snn.neuron import IFNeuron
 
@@ -80,8 +81,6 @@ def snn_files(path: str | os.PathLike) -> list[Path]:
 
 def load_snn(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[fx.GraphModule, dict[str, Any]]:
     """Rebuild a saved SNN (eval mode) and return it with its sidecar."""
-    from ftbc.train.training import _build_model, state_mismatch
-
     state, meta = load_checkpoint(path)
     if meta.get("format") != SNN_FORMAT:
         raise CheckpointError(f"{path} is not a saved SNN (format {meta.get('format')!r}, expected {SNN_FORMAT}); "

@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import functools
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,204 +36,22 @@ from typing import Any, Iterable, Iterator
 import timm
 import torch
 import yaml
-from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
 from torch import nn
-from tqdm import tqdm
 
+from ftbc._io import git_commit, save_checkpoint, write_text
 from ftbc.data import datasets as ftbc_data
 from ftbc.data import distributed as ftbc_dist
-from ftbc import models as ftbc_models
-from ftbc.train import resume as ftbc_resume
-from ftbc._io import load_checkpoint, save_checkpoint, write_text
-from ftbc.data.batches import TensorBatches, in_memory_uint8, random_crop_flip  # noqa: F401  (public here before)
 from ftbc.data.distributed import DistEnv
-from ftbc.errors import CheckpointError, TrainingError
-from ftbc.data.loaders import EVAL_BATCH_SIZE, build_loaders  # noqa: F401  (public here before)
+from ftbc.data.loaders import build_loaders
+from ftbc.errors import TrainingError
+from ftbc.models.checkpoint import (ACTS, CHECKPOINT_NAME, DEFAULT_INIT_LAMBDA, _build_model, _check_device,
+                                    activation_values, resolve_act_kwargs)
+from ftbc.train import resume as ftbc_resume
+from ftbc.train.loop import create_optimizer, create_scheduler, evaluate, train_one_epoch
 from ftbc.train.recipes import load_recipe, validate_recipe
-
-ACTS = ("relu", "qcfs", "clip")
-# Clip level of RTS's clipped ReLU by dataset (docs/methods.md section 4).
-DEFAULT_Y_TH = {"cifar10": 1.0, "cifar100": 2.0, "imagenet": 3.0}
-# QCFS quantisation steps L by (dataset, architecture family), the releases' values (docs/methods.md
-# section 3): 4 on CIFAR-10/100 (QCFS README, main_train.py -L=4); on ImageNet 8 for ResNet-34 and
-# 16 for VGG-16 (FTBC release, QCFS/ANN_SNN_QCFS/run_scripts/imagenet_cali.sh). The family is the
-# model name up to its first "_" (resnet34_qcfs -> resnet34, vgg16_imagenet -> vgg16); "*" is any.
-# A combination no release trained falls back to DEFAULT_L; --L overrides the table.
-QCFS_L: dict[tuple[str, str], int] = {
-    ("cifar10", "*"): 4,
-    ("cifar100", "*"): 4,
-    ("imagenet", "resnet34"): 8,
-    ("imagenet", "vgg16"): 16,
-}
-DEFAULT_L = 4  # no release value (QCFS's CIFAR setting)
-DEFAULT_INIT_LAMBDA = 8.0
-CHECKPOINT_NAME = "model.safetensors"
-
-
-# ---------------------------------------------------------------- optimisation
-
-
-def create_optimizer(model: nn.Module, recipe: dict) -> torch.optim.Optimizer:
-    """SGD from timm's factory: ``opt='momentum'`` is plain heavy-ball SGD (the releases'), 'sgd' is Nesterov.
-
-    Weight decay: with the recipe's ``decay_all_parameters`` (the release
-    recipes) it covers every parameter, as the releases' ``SGD(model.parameters(),
-    weight_decay=...)`` does, so biases, BN and QCFS's ``lam`` shrink too, which
-    moves the learned lambdas and with them the conversion gap. Without it,
-    timm's rule leaves parameters with ndim <= 1 undecayed. The checkpoint's
-    ``weight_decay_excludes`` records which.
-    """
-    return create_optimizer_v2(model, opt=recipe["opt"], lr=recipe["lr"], weight_decay=recipe["weight_decay"],
-                               momentum=recipe["momentum"],
-                               filter_bias_and_bn=not recipe.get("decay_all_parameters", False))
-
-
-def create_scheduler(optimizer: torch.optim.Optimizer, recipe: dict, epochs: int):
-    """timm's cosine or multistep schedule over ``epochs``; call ``.step(epoch + 1)`` after each epoch.
-
-    Step milestones count from epoch 0 as torch's ``MultiStepLR`` (and the RTS
-    release) do: milestone 100 means epochs 0-99 run at lr, 100 on at
-    lr * gamma. timm's multistep applies milestone m from epoch m - 1 (its
-    documented historical convention), so the milestones are passed as m + 1.
-    """
-    common = dict(num_epochs=epochs, warmup_epochs=recipe["warmup_epochs"], min_lr=0.0)
-    if recipe["schedule"] == "cosine":
-        scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", **common)
-    else:
-        scheduler, _ = create_scheduler_v2(optimizer, sched="multistep", decay_rate=recipe["gamma"],
-                                           decay_milestones=[m + 1 for m in recipe["milestones"]], **common)
-    return scheduler
-
-
-# ---------------------------------------------------------------- loops
-
-
-def _bar(loader, desc: str, progress: bool):
-    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not (progress and sys.stderr.isatty()))
-
-
-_NO_STEP = 2**62  # "no non-finite loss yet"
-
-
-def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
-                    loader: Iterable, device, *, desc: str = "train", progress: bool = True, amp: bool = False,
-                    epoch: int = 1, env: DistEnv = DistEnv(), check_every: int | None = None) -> dict[str, float]:
-    """One pass over ``loader`` with SGD steps; returns ``{'loss': mean, 'acc': top-1 %}`` on the training batches.
-
-    ``amp``: bf16 autocast for the forward pass and the loss (the weights and
-    the optimiser stay float32; bf16 needs no loss scaling). A non-finite loss
-    raises :class:`TrainingError` naming ``epoch`` and the step (1-based).
-    The test waits for the device only every ``check_every`` steps (default:
-    every step on CPU, where it is free, so no update is made with a bad loss;
-    every 50 on a GPU); steps in between are tracked on the device and the
-    first bad one is reported. Under ``torchrun`` the ranks test together and
-    the metrics are summed over them.
-    """
-    model.train()
-    device = torch.device(device)
-    check_every = check_every or (1 if device.type == "cpu" else 50)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    seen = torch.zeros((), dtype=torch.int64, device=device)
-    first_bad = torch.full((), _NO_STEP, dtype=torch.int64, device=device)
-    bad_loss = torch.zeros((), dtype=torch.float32, device=device)
-    n_steps = len(loader) if hasattr(loader, "__len__") else None
-    bar = _bar(loader, desc, progress)
-    for step, (x, y) in enumerate(bar):
-        fmt = torch.channels_last if x.dim() == 4 else torch.preserve_format  # the weights' layout
-        x, y = x.to(device, non_blocking=True, memory_format=fmt), y.to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-            out = model(x)
-            loss = criterion(out, y)
-        new_bad = ~torch.isfinite(loss.detach()) & (first_bad == _NO_STEP)
-        bad_loss = torch.where(new_bad, loss.detach().float(), bad_loss)
-        first_bad = torch.where(new_bad, step, first_bad)
-        if (step + 1) % check_every == 0:
-            _raise_if_not_finite(first_bad, bad_loss, epoch, n_steps, env)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_sum += loss.detach().double() * len(y)
-        correct += (out.detach().argmax(1) == y).sum()
-        seen += len(y)
-        if step % 20 == 0 and not bar.disable:
-            bar.set_postfix(loss=f"{loss_sum.item() / seen.item():.3f}", acc=f"{100 * correct.item() / seen.item():.1f}")
-    bar.close()
-    _raise_if_not_finite(first_bad, bad_loss, epoch, n_steps, env)
-    if env.enabled:
-        totals = torch.stack([loss_sum, correct.double(), seen.double()])
-        torch.distributed.all_reduce(totals)
-        loss_sum, correct, seen = totals[0], totals[1], totals[2]
-    n = max(float(seen.item()), 1.0)
-    return {"loss": loss_sum.item() / n, "acc": 100.0 * correct.item() / n}
-
-
-def _raise_if_not_finite(first_bad: torch.Tensor, bad_loss: torch.Tensor, epoch: int, n_steps: int | None,
-                         env: DistEnv) -> None:
-    step = int(ftbc_dist.all_reduce_min(first_bad.clone(), env).item())
-    if step == _NO_STEP:
-        return
-    value = f"{bad_loss.item()}" if int(first_bad.item()) == step else "not finite"
-    of = f" of {n_steps}" if n_steps else ""
-    raise TrainingError(f"training diverged: the loss is {value} at epoch {epoch}, step {step + 1}{of} "
-                        f"(try a lower --lr; this epoch was not saved)")
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, device, *, desc: str = "eval", progress: bool = False) -> float:
-    """Top-1 accuracy in percent of ``model`` (put in eval mode) over ``(x, y)`` batches of ``loader``."""
-    model.eval()
-    device = torch.device(device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    seen = 0
-    for x, y in _bar(loader, desc, progress):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        correct += (model(x).argmax(1) == y).sum()
-        seen += len(y)
-    if seen == 0:
-        raise TrainingError("evaluate: the loader yielded no samples")
-    return 100.0 * correct.item() / seen
 
 
 # ---------------------------------------------------------------- run
-
-
-def qcfs_levels(dataset: str, arch: str | None = None) -> int:
-    """QCFS's L for ``dataset`` and model ``arch`` from :data:`QCFS_L` (:data:`DEFAULT_L` where it has none)."""
-    name = ftbc_data.dataset_info(dataset).name
-    family = arch.split("_", 1)[0] if arch else None
-    for key in ((name, family), (name, "*")):
-        if key in QCFS_L:
-            return QCFS_L[key]
-    return DEFAULT_L
-
-
-def resolve_act_kwargs(act: str, dataset: str, *, arch: str | None = None, L: int | None = None,
-                       init_lambda: float | None = None, y_th: float | None = None) -> dict[str, Any]:
-    """The activation's settings with defaults filled in; a setting for another activation is an error.
-
-    QCFS's default L depends on the dataset and the architecture (:data:`QCFS_L`); an explicit ``L`` wins.
-    """
-    if act not in ACTS:
-        raise TrainingError(f"unknown activation {act!r} (choose from {', '.join(ACTS)})")
-    given = {"--L": L, "--init-lambda": init_lambda, "--y-th": y_th}
-    allowed = {"relu": (), "qcfs": ("--L", "--init-lambda"), "clip": ("--y-th",)}[act]
-    wrong = [k for k, v in given.items() if v is not None and k not in allowed]
-    if wrong:
-        raise TrainingError(f"{', '.join(wrong)} does not apply to --act {act}")
-    if act == "qcfs":
-        L = qcfs_levels(dataset, arch) if L is None else L
-        init_lambda = DEFAULT_INIT_LAMBDA if init_lambda is None else init_lambda
-        if int(L) != L or L < 1 or not init_lambda > 0:
-            raise TrainingError(f"QCFS needs an integer L >= 1 and init_lambda > 0, got L={L}, init_lambda={init_lambda}")
-        return {"L": int(L), "init_lambda": float(init_lambda)}
-    if act == "clip":
-        y_th = DEFAULT_Y_TH[ftbc_data.dataset_info(dataset).name] if y_th is None else y_th
-        if not y_th > 0:
-            raise TrainingError(f"--y-th must be > 0, got {y_th}")
-        return {"y_th": float(y_th)}
-    return {}
 
 
 def apply_overrides(recipe: dict, *, epochs: int | None = None, batch_size: int | None = None,
@@ -249,50 +66,6 @@ def apply_overrides(recipe: dict, *, epochs: int | None = None, batch_size: int 
     out.update(name=recipe.get("name"), path=recipe.get("path"),
                overrides={**recipe.get("overrides", {}), **given})
     return out
-
-
-def activation_values(model: nn.Module) -> dict[str, dict[str, float]]:
-    """Per-layer QCFS lambdas and clip levels: ``{'qcfs_lambdas': {name: lam}, 'clip_y_th': {name: y_th}}``."""
-    out: dict[str, dict[str, float]] = {}
-    for name, m in model.named_modules():
-        if isinstance(m, ftbc_models.QCFS):
-            out.setdefault("qcfs_lambdas", {})[name] = float(m.lam.detach())
-        elif isinstance(m, ftbc_models.ClipReLU):
-            out.setdefault("clip_y_th", {})[name] = float(m.y_th)
-    return out
-
-
-def git_commit() -> str | None:
-    """The suite's git commit (with '-dirty' if the tree has changes), or None outside a checkout."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return sha + ("-dirty" if dirty else "") if sha else None
-
-
-def _check_device(device) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise TrainingError(f"unknown device {device!r} (use cpu or cuda)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("--device cuda asked for, but torch sees no CUDA device")
-    return dev
-
-
-def _build_model(arch: str, act: str, act_kwargs: dict, num_classes: int) -> nn.Module:
-    names = ftbc_models.list_models()
-    if arch not in names:
-        raise TrainingError(f"unknown architecture {arch!r} (choose from {', '.join(names)})")
-    try:
-        return ftbc_models.create_model(arch, num_classes=num_classes, act_layer=act, **act_kwargs)
-    except (ValueError, TypeError) as e:  # a setting the activation does not take, a bad value
-        raise TrainingError(f"cannot build {arch} with --act {act} {act_kwargs}: {e}") from None
 
 
 def train(*, dataset: str, data_root, arch: str, act: str = "relu", act_kwargs: dict | None = None,
@@ -494,56 +267,6 @@ def _write_outputs(model: nn.Module, out: Path, config: dict, metrics: dict) -> 
     }
     save_checkpoint(out / CHECKPOINT_NAME, model.state_dict(), meta)
     write_text(out / "run.yaml", yaml.safe_dump(config, sort_keys=False))
-
-
-def state_mismatch(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], show: int = 3) -> str:
-    """What keeps ``state`` from loading into a model with ``expected``: shapes, then missing/unexpected modules."""
-    def modules(keys: list[str]) -> str:
-        tops = list(dict.fromkeys(k.split(".")[0] for k in keys))
-        more = ", ..." if len(tops) > show else ""
-        return f"{', '.join(tops[:show])}{more} ({len(keys)} tensors)"
-
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    sizes = [f"{k} {list(state[k].shape)} (model {list(v.shape)})" for k, v in expected.items()
-             if k in state and state[k].shape != v.shape]
-    parts = [f"size mismatch {', '.join(sizes[:show])}{', ...' if len(sizes) > show else ''}"] if sizes else []
-    parts += [f"missing {modules(missing)}"] if missing else []
-    parts += [f"unexpected {modules(unexpected)}"] if unexpected else []
-    return "; ".join(parts)
-
-
-def load_model(checkpoint_path, device="cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model of a checkpoint from its sidecar and load the weights strictly.
-
-    Args:
-        checkpoint_path: ``model.safetensors`` or the run folder holding it.
-        device: where to put the model.
-
-    Returns:
-        ``(model in eval mode, meta)``.
-
-    Raises:
-        CheckpointError: missing, corrupted, or not matching the architecture it names.
-    """
-    path = Path(checkpoint_path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
-    state, meta = load_checkpoint(path)
-    missing = [k for k in ("arch", "act", "act_kwargs", "num_classes") if k not in meta]
-    if missing:
-        raise CheckpointError(f"checkpoint metadata {path.with_suffix('.json')} lacks {', '.join(missing)}")
-    try:
-        model = _build_model(meta["arch"], meta["act"], meta["act_kwargs"], meta["num_classes"])
-    except (RuntimeError, ValueError, TypeError, TrainingError) as e:
-        raise CheckpointError(f"checkpoint {path} names a model that cannot be built: {str(e).splitlines()[0]}") \
-            from None
-    mismatch = state_mismatch(state, model.state_dict())
-    if mismatch:
-        raise CheckpointError(f"checkpoint {path} does not fit {meta['arch']} ({meta['act']}, "
-                              f"{meta['num_classes']} classes): {mismatch}")
-    model.load_state_dict(state, strict=True)
-    return model.to(_check_device(device)).eval(), meta
 
 
 # ---------------------------------------------------------------- CLI
