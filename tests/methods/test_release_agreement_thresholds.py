@@ -236,7 +236,7 @@ def test_every_shipped_grid_runs_snnc_none_once_per_T_on_each_relu_ann(configfil
 
     from ftbc.run import grid
 
-    config = yaml.safe_load((Path(__file__).resolve().parents[1] / configfile).read_text())
+    config = yaml.safe_load((Path(__file__).resolve().parents[2] / configfile).read_text())
     jobs = [e for e in grid.evaluations(config) if e.method == "snnc_none"]
     assert len(jobs) == relu_anns * len(config["T"])
     assert {e.ann.act for e in jobs} == {"relu"} and {e.steps for e in jobs} == {str(T) for T in config["T"]}

@@ -18,7 +18,7 @@ from baselines import get_method
 from ftbc import models
 from ftbc.snn.conversion import convert
 from ftbc.snn.simulation import simulate
-from test_baselines import small
+from methods.test_baselines import small
 
 nir = pytest.importorskip("nir")
 from ftbc.interop.export_nir import NotExpressible, to_nir  # noqa: E402

@@ -21,7 +21,7 @@ import yaml
 
 from baselines import list_methods
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("snakemake") is None, reason="snakemake is not installed")]
 

@@ -242,7 +242,7 @@ def test_plugin_methods_reach_the_cli(tmp_path):
         "from baselines import Method, register_method\n"
         "register_method(Method(name='my_plugin_method', activation='relu', v0=0.25,\n"
         "                       summary='a plugin'))\n")
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "FTBC_PLUGINS": "my_method", "PYTHONPATH": f"{tmp_path}{os.pathsep}{repo}"}
     out = subprocess.run([sys.executable, "-m", "ftbc", "methods", "my_*"], env=env, capture_output=True,
                          text=True, check=True).stdout

@@ -102,4 +102,4 @@ def test_paper_grid_takes_L_from_the_table():
 def grid_config(name: str):
     from pathlib import Path
 
-    return Path(__file__).resolve().parents[1] / "config" / name
+    return Path(__file__).resolve().parents[2] / "config" / name

@@ -26,7 +26,7 @@ from ftbc.errors import CheckpointError
 from ftbc.run.evaluation import method_record
 from ftbc.snn.simulation import simulate
 from ftbc.snn.snn_file import load_snn, save_snn, snn_file_name
-from test_baselines import small
+from methods.test_baselines import small
 
 sj = pytest.importorskip("spikingjelly")
 from ftbc.interop.export_spikingjelly import sj_simulate, to_spikingjelly  # noqa: E402
