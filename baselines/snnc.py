@@ -21,7 +21,7 @@ through the shift.
 
 The three calibration stages are registered here; each visits the spiking
 layers in forward order with the layers below already calibrated (the
-driver in :mod:`ftbc.calibration`). Everything depends on T.
+driver in :mod:`ftbc.snn.calibration`). Everything depends on T.
 """
 
 from __future__ import annotations

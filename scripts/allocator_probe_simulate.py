@@ -1,4 +1,4 @@
-"""Page faults and system time of simulate() with and without ftbc.allocator's setting.
+"""Page faults and system time of simulate() with and without ftbc.train.allocator's setting.
 
 Usage: OMP_NUM_THREADS=1 python3 scripts/allocator_probe_simulate.py {plain,tuned} IMAGES T
 """

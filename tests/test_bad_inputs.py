@@ -117,7 +117,7 @@ def _write_trees(root: Path) -> None:
 
 
 def _meta(dataset: str, act: str, num_classes: int) -> dict:
-    """The sidecar fields ``ftbc.training.load_model`` and ``ftbc evaluate`` read."""
+    """The sidecar fields ``ftbc.models.checkpoint.load_model`` and ``ftbc evaluate`` read."""
     return dict(dataset=dataset, arch="vgg_small", act=act, act_kwargs={}, num_classes=num_classes)
 
 

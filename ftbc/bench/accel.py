@@ -7,11 +7,11 @@ tensor-core throughput, so :func:`fast_simulate` runs the layer-major order
 - ``precision``: ``'bf16'`` (autocast for convolutions and linear layers),
   ``'tf32'`` (tensor-float-32 matmuls and convolutions) or ``'fp32'``
   (TF32 off). The IF neurons always integrate in float32
-  (:func:`ftbc.neuron.exact` upcasts their input), so only the stateless
+  (:func:`ftbc.snn.neuron.exact` upcasts their input), so only the stateless
   layers round differently; spikes can therefore differ from an fp32 run.
 - ``channels_last`` weights and input (NHWC convolutions on tensor cores);
 - ``compile_scan``: the IF step as one fused kernel via ``torch.compile``
-  (bit-equal to :func:`ftbc.neuron.if_step_`; off by default, it compiles
+  (bit-equal to :func:`ftbc.snn.neuron.if_step_`; off by default, it compiles
   for ~20-60 s on first use);
 - chunks sized to free device memory (:func:`auto_chunk`), halved and retried
   on an out-of-memory error.
@@ -130,7 +130,7 @@ def _is_oom(e: BaseException) -> bool:
 @torch.no_grad()
 def fast_simulate(snn: nn.Module, x: Tensor, T: int, *, mode: StepMode = "auto", precision_mode: str | None = None,
                   chunk_size: int | None = None) -> Tensor:
-    """:func:`ftbc.simulation.simulate` under ``precision_mode`` with memory-sized chunks; outputs [T, N, K] float32.
+    """:func:`ftbc.snn.simulation.simulate` under ``precision_mode`` with memory-sized chunks; outputs [T, N, K] float32.
 
     ``precision_mode`` defaults to ``'bf16'`` on CUDA and ``'fp32'`` elsewhere.
     Move ``snn`` and ``x`` to the device (and to channels-last) first.

@@ -6,11 +6,11 @@ times every candidate before round r + 1 starts) so a change in machine load
 hits all of them alike. Candidates (seconds are medians over rounds):
 
 - ``floor``: T x one forward of the converted (BN-folded) ANN on the batch;
-- ``snn``, ``snn_s``, ``snn_m``: :func:`ftbc.simulation.simulate` in its default
+- ``snn``, ``snn_s``, ``snn_m``: :func:`ftbc.snn.simulation.simulate` in its default
   order and in step-major / layer-major order (on CUDA through
-  :func:`ftbc.accel.fast_simulate`, with ``--precision`` for floor and snn alike);
-- ``snn_compiled`` (with ``--compile-scan``): ``snn`` with the IF step compiled (:mod:`ftbc.accel`);
-- ``stepwise``: :func:`ftbc._reference.stepwise_simulate`, the releases' loop;
+  :func:`ftbc.bench.accel.fast_simulate`, with ``--precision`` for floor and snn alike);
+- ``snn_compiled`` (with ``--compile-scan``): ``snn`` with the IF step compiled (:mod:`ftbc.bench.accel`);
+- ``stepwise``: :func:`ftbc.bench.reference.stepwise_simulate`, the releases' loop;
 - ``spikingjelly_single`` / ``spikingjelly_multi``: the same network run by
   SpikingJelly in its two step modes (``null`` when it is not installed);
 - ``ftbc_pass``: one FTBC heuristic pass (``layerwise_pass``) over the batch;
@@ -18,7 +18,7 @@ hits all of them alike. Candidates (seconds are medians over rounds):
 
 Prints one JSON object: ``median_s`` (wall), ``median_cpu_s`` (process CPU
 time, steadier on a shared machine), ``peak_mem_bytes`` (see
-:mod:`ftbc._memory`), ``ratios``, the check that SpikingJelly's outputs
+:mod:`ftbc.bench.memory`), ``ratios``, the check that SpikingJelly's outputs
 equal the suite's, and the machine, load and versions.
 """
 
@@ -161,7 +161,7 @@ def measure(fns: dict[str, Callable[[], Any] | None], device: torch.device, roun
 
     A candidate stops after its own round count (``rounds_for``) and is warmed
     up ``warmup`` times unless it runs a single round. The first timed round
-    also reads the peak memory (:func:`ftbc._memory.peak_memory`), so memory
+    also reads the peak memory (:func:`ftbc.bench.memory.peak_memory`), so memory
     costs no extra call. CPU time (all of torch's threads) is what a shared
     machine steals least from: wall time also counts the waits for a core.
     """

@@ -1,6 +1,6 @@
 """Plain references the benchmarks time the suite against, written as the original releases run.
 
-Both share nothing with :mod:`ftbc.neuron` beyond reading a converted
+Both share nothing with :mod:`ftbc.snn.neuron` beyond reading a converted
 neuron's parameters, so they double as independent checks in the tests.
 
 - :func:`stepwise_simulate`: the whole network advances one step at a time

@@ -8,7 +8,7 @@ flip, Cutout). Measured on one CPU thread: 3 ms per batch of 128 against
 13 ms for per-sample ``transforms.v2`` in a DataLoader, and about 240 ms for
 a vgg_small training step; on a GPU the per-sample path would be the
 bottleneck (a vgg_small epoch of the batched path took 1.7 s on an H200). AutoAugment has no batched
-version here: recipes with it use the per-sample loader (``ftbc.training``).
+version here: recipes with it use the per-sample loader (``ftbc.train.training``).
 
 Every random number is drawn on the CPU from one ``torch.Generator`` in a
 fixed order (permutation, then per batch: crop offsets y, x, flips, Cutout

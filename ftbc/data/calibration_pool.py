@@ -156,7 +156,7 @@ def calibration_transform(dataset: str, name: str, augmentation: Mapping[str, An
 
 
 def draw_batches(data: Any, n_batches: int | None, batch_size: int, seed: int) -> Iterable[Tensor]:
-    """``n_batches`` batches drawn by ``seed`` from ``data``: a :class:`~ftbc.calibration_pool.CalibrationPool`,
+    """``n_batches`` batches drawn by ``seed`` from ``data``: a :class:`~ftbc.data.calibration_pool.CalibrationPool`,
     a Tensor of images (already transformed) or a training Dataset with a float transform.
     ``n_batches=None``: every image once (a generator for a pool: one batch in memory at a time)."""
     if isinstance(data, CalibrationPool):

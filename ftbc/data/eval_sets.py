@@ -17,7 +17,7 @@ def load_eval_data(dataset: str, root: str, *, download: bool, holdout: int, n_t
                    test_seed: int = 0, calibration_transform: str = "train", num_workers: int = 0):
     """(calibration pool, holdout tensors or None, :class:`TestBatches`).
 
-    The pool is the training split minus the fixed reserve (:mod:`ftbc.calibration_pool`);
+    The pool is the training split minus the fixed reserve (:mod:`ftbc.data.calibration_pool`);
     a held-out slice comes from the reserve, so it never changes the calibration images.
     The test subset (``n_test > 0``) is drawn with ``test_seed``, one seed for a whole grid,
     whatever the ANN or calibration seed. Test and held-out images get the test-time transform.

@@ -4,7 +4,7 @@ Two pipelines, chosen by :func:`build_loaders`:
 
 - ``batched``: an in-memory uint8 dataset (CIFAR) whose recipe has no
   AutoAugment. The training set is moved to the training device once and
-  augmented there as tensors (crop, flip, Cutout; :mod:`ftbc.batches`), so a
+  augmented there as tensors (crop, flip, Cutout; :mod:`ftbc.data.batches`), so a
   GPU epoch is not bound by data loading.
 - ``per-sample``: everything else (AutoAugment, ImageNet folders): the data
   module's ``transforms.v2`` in a ``DataLoader`` with ``--workers`` processes.

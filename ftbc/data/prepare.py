@@ -107,7 +107,7 @@ def make_subset(tree: Path, dest: Path, limits: Limits) -> Path:
 
 
 def find_tree(root: Path, dataset: str = "cifar10") -> Path:
-    """The folder holding ``train/`` and ``test/`` under ``root`` (see :func:`ftbc.data.load_split`)."""
+    """The folder holding ``train/`` and ``test/`` under ``root`` (see :func:`ftbc.data.datasets.load_split`)."""
     from ftbc.data.datasets import _find_tree
 
     tree = _find_tree(root, dataset) if root.is_dir() else None

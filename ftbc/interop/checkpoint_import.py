@@ -249,7 +249,7 @@ def import_checkpoint(source: str | Path, *, release: str, arch: str, out: str |
                       y_th: float | None = None) -> tuple[Path, dict[str, Any]]:
     """Map ``source`` (a ``release`` .pth) onto the suite's ``arch``, write ``out/model.safetensors``, reload it.
 
-    Returns the checkpoint path and the metadata :func:`ftbc.training.load_model` read back.
+    Returns the checkpoint path and the metadata :func:`ftbc.models.checkpoint.load_model` read back.
     """
     if release not in LAYOUTS:
         raise UserError(f"unknown release {release!r} (choose from {', '.join(LAYOUTS)})")

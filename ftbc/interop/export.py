@@ -1,10 +1,10 @@
 """``ftbc export``: a calibrated SNN saved by ``ftbc evaluate --save-snn``, for other simulators.
 
 ``--to spikingjelly`` writes ``snn_spikingjelly.pt``, the network with SpikingJelly
-2.0 neurons (:mod:`ftbc.export_spikingjelly`), as ``torch.save`` of the module:
+2.0 neurons (:mod:`ftbc.interop.export_spikingjelly`), as ``torch.save`` of the module:
 load it with ``torch.load(path, weights_only=False)`` where ``ftbc`` and
 ``spikingjelly`` are installed, reset it with ``functional.reset_net`` and call it
-once per time step. ``--to nir`` writes ``snn.nir`` (:mod:`ftbc.export_nir`), or
+once per time step. ``--to nir`` writes ``snn.nir`` (:mod:`ftbc.interop.export_nir`), or
 says which of the network's neurons NIR cannot express. A JSON file beside
 either names the SNN it came from.
 """

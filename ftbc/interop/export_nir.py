@@ -11,7 +11,7 @@ neuron is written as the NIR primitives of its equations instead::
     <name>.reset    Scale      (-theta)           fed back into <name>: the soft reset
 
 ``u`` is the membrane before the reset of its step, so ``u(t) = m(t)`` of
-:mod:`ftbc.neuron`. The feedback edge ``<name>.reset -> <name>`` is the graph's
+:mod:`ftbc.snn.neuron`. The feedback edge ``<name>.reset -> <name>`` is the graph's
 only cycle per neuron; a discrete-time reader (dt = 1) gives it the one-step
 delay every recurrent edge needs. ``theta-`` is the float32 number just below
 theta: NIR fires strictly above its threshold, the suite at or above it, and no

@@ -1,6 +1,6 @@
 """The converted SNN as a SpikingJelly 2.0 network: for running it elsewhere, and for the speed comparison.
 
-Every :class:`~ftbc.neuron.IFNeuron` becomes a SpikingJelly neuron whose output
+Every :class:`~ftbc.snn.neuron.IFNeuron` becomes a SpikingJelly neuron whose output
 is theta * spikes (what the next layer of a converted network receives);
 weights and every other layer are the suite's own. Two kinds of node:
 

@@ -177,7 +177,7 @@ def run(
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """Convert, calibrate and evaluate ``model`` with ``method``; returns (accuracy, activity, details).
 
-    ``save_snn``: a folder to write each calibrated SNN to (:mod:`ftbc.snn_file`).
+    ``save_snn``: a folder to write each calibrated SNN to (:mod:`ftbc.snn.snn_file`).
     """
     if meta.get("act") != method.activation:
         raise UserError(f"method {method.name} needs a {method.activation!r} ANN, but the checkpoint is "

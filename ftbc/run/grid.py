@@ -214,7 +214,7 @@ def subset_args(config: dict) -> str:
 
 
 def raw_data_root(config: dict, dataset: str) -> str:
-    """The configured data root; ``auto`` becomes the copy :func:`ftbc.prepare.discover` finds
+    """The configured data root; ``auto`` becomes the copy :func:`ftbc.data.prepare.discover` finds
     (the checkout's data/, ../shared/data/, $FTBC_DATA_ROOT) when there is one."""
     from ftbc.data.prepare import AUTO, CHECKOUT, discover
 

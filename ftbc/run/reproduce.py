@@ -7,7 +7,7 @@ all in, and the rest covers start-up and a last run that ends late):
    to a temporary folder; ``--tiny`` takes a per-class subset);
 2. train the ANN of each activation (ReLU, QCFS L=4, clipped ReLU) for as many
    epochs as fit its share of the training time, sized from its first
-   measured epoch (``ftbc.training.train(time_budget_s=...)``);
+   measured epoch (``ftbc.train.training.train(time_budget_s=...)``);
 3. run every registered method on the full test set: a T-free method once at
    T_max, which gives every T = 1..T_max; a T-dependent one per T in
    ``--T-dependent`` (powers of two by default), smallest T first over all

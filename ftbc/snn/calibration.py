@@ -8,7 +8,7 @@ parameters from that input and the ANN target, and the layer then fires with
 its new parameters for the layers above. A pass therefore costs O(layers x T)
 layer evaluations, not the release's O(layers^2 x T) full-network steps.
 
-Stages are registered by name (:func:`register_stage`); SNN Calibration's bias,
+Stages are registered by name (:func:`ftbc.snn.stages.register_stage`); SNN Calibration's bias,
 potential and weight calibration live in ``baselines/snnc.py``. They need a
 layer's rate over all T steps before the next layer: :func:`rate_pass` gives it
 layer-major, or step by step per layer (the release's order, memory
@@ -26,6 +26,8 @@ membrane before the threshold test. Two solvers of the one stage:
   step t over all calibration positions, a fraction p = clip(mean(a)/theta, 0, 1)
   should fire, so b[t] = theta - q with q the (1 - p)-quantile of m. One pass,
   no alpha, no iterations.
+
+The solvers' per-layer updates are in :mod:`ftbc.snn.ftbc_solvers`.
 """
 
 from __future__ import annotations

@@ -1,18 +1,18 @@
 """The one ANN -> SNN conversion driver.
 
 Fixed order (every method goes through it; methods differ only in the
-:class:`~ftbc.method.Method` values):
+:class:`~ftbc.snn.method.Method` values):
 
 1. fold BatchNorm into the preceding convolution / linear layer (torch.fx);
 2. observe the ANN's post-activation values on calibration images and pick
-   each layer's threshold by the method's rule (:mod:`ftbc.thresholds`);
+   each layer's threshold by the method's rule (:mod:`ftbc.snn.thresholds`);
 3. replace every activation (ReLU, QCFS, clipped ReLU) by an
-   :class:`~ftbc.neuron.IFNeuron` with theta, v0 = v0_frac * theta and the
+   :class:`~ftbc.snn.neuron.IFNeuron` with theta, v0 = v0_frac * theta and the
    per-step shift theta / (2T) if the method uses one (except, when the
    method's ``shift_after_add`` is off, at neurons fed by a residual
    addition); the classifier stays non-spiking unless the method says
    otherwise (RTS);
-4. run the method's calibration stages (:mod:`ftbc.calibration`).
+4. run the method's calibration stages (:mod:`ftbc.snn.calibration`).
 
 The result keeps the folded ANN beside the SNN: calibration targets and the
 ANN accuracy come from exactly the network that was converted.

@@ -1,7 +1,7 @@
 """A conversion method as data: what the ANN needs, how the neurons are set, what calibrates them.
 
 Every baseline in ``baselines/`` is one :class:`Method` value handed to the
-single conversion driver (:func:`ftbc.conversion.convert`); methods differ in
+single conversion driver (:func:`ftbc.snn.conversion.convert`); methods differ in
 these fields, never in copies of the simulation or calibration code.
 """
 
@@ -21,7 +21,7 @@ ACTIVATIONS = ("relu", "qcfs", "clip")
 
 @dataclass(frozen=True)
 class Stage:
-    """One calibration stage run after conversion, by name (see ``ftbc.calibration.STAGES``)."""
+    """One calibration stage run after conversion, by name (see ``ftbc.snn.stages.STAGES``)."""
 
     name: str
     params: Mapping[str, Any] = field(default_factory=dict)
@@ -34,7 +34,7 @@ class Method:
     Attributes:
         name: registry name used in tables (``snnc_light``, ``ftbc_qcfs``, ...).
         activation: the ANN activation the method needs ('relu', 'qcfs', 'clip').
-        threshold: a rule registered in :data:`ftbc.thresholds.RULES` (``register_threshold_rule``).
+        threshold: a rule registered in :data:`ftbc.snn.thresholds.RULES` (``register_threshold_rule``).
         threshold_settings: settings of that rule beyond the ones below, over its defaults
             (``{'quantile': 0.999}`` for a rule registered with that setting).
         threshold_reduce: 'ema' (momentum 0.9 over batches) or 'max' (running maximum).
@@ -58,7 +58,7 @@ class Method:
         calibration_augmentation: what the release's training loader applies to the
             calibration images under the ``'train'`` calibration transform
             (``{crop, flip, autoaugment, cutout}`` as in a recipe; see
-            :mod:`ftbc.calibration_pool`).
+            :mod:`ftbc.data.calibration_pool`).
         stages: calibration stages, in order.
         dataset_overrides: per dataset, settings in :meth:`with_overrides` form
             (the releases tune FTBC per dataset).

@@ -16,7 +16,7 @@ Shapes: per-channel parameters are stored as [C] and broadcast over
 potential calibration). Two step modes (as in SpikingJelly): ``'s'`` takes one
 step [N, ...] and keeps its membrane between calls; ``'m'`` takes all steps
 with T folded into the batch, [T*N, ...], and scans over T inside. Input that
-arrives in half precision (autocast on a GPU, :mod:`ftbc.accel`) is integrated
+arrives in half precision (autocast on a GPU, :mod:`ftbc.bench.accel`) is integrated
 in float32: the membrane is never rounded.
 """
 
@@ -101,7 +101,7 @@ class IFNeuron(nn.Module):
         self.step_hook: StepHook | None = None
         self.record = False
         self.spike_counts: Tensor | None = None  # [T] spikes summed over batch and neurons
-        self.step_fn: Callable[..., Tensor] = if_step_  # ftbc.accel may swap in a compiled, bit-equal step
+        self.step_fn: Callable[..., Tensor] = if_step_  # ftbc.bench.accel may swap in a compiled, bit-equal step
         self.reset()
 
     # -- state -----------------------------------------------------------------

@@ -92,7 +92,7 @@ def _check_input(snn: nn.Module, x: Tensor) -> None:
     if x.dim() < 2:
         raise ValueError(f"expected input [N, C, H, W] (or [N, features]); got shape {tuple(x.shape)}")
     if not neurons(snn):
-        raise ValueError("the model has no IF neurons: convert it first (ftbc.conversion.convert)")
+        raise ValueError("the model has no IF neurons: convert it first (ftbc.snn.conversion.convert)")
 
 
 @torch.no_grad()

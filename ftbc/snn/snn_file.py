@@ -3,7 +3,7 @@
 A calibration can take an hour on a CPU (release-setting FTBC); this keeps its
 result. ``snn.safetensors`` holds the converted network's state: the weights
 after BatchNorm folding (and after any weight calibration), and for every
-:class:`~ftbc.neuron.IFNeuron` its threshold, initial potential ``v0``, the
+:class:`~ftbc.snn.neuron.IFNeuron` its threshold, initial potential ``v0``, the
 constant per-step current ``offset`` (the theta/2T shift, SNN Calibration's
 bias correction) and the FTBC biases ``bias[t, c]`` of every calibrated step.
 The JSON sidecar names the ANN it came from (architecture, activation, the ANN

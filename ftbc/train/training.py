@@ -1,10 +1,11 @@
-"""Train an ANN (ReLU, QCFS or clipped ReLU) from a recipe; evaluate; reload.
+"""Train an ANN (ReLU, QCFS or clipped ReLU) from a recipe and evaluate it.
 
 Plain functions in the style of torchvision's ``references/classification``:
-:func:`train_one_epoch`, :func:`evaluate`, :func:`fit`, :func:`train`, then
-the CLI's :func:`get_args_parser` and :func:`main`. Recipes (optimiser,
+:func:`fit`, :func:`train`, then the CLI's :func:`get_args_parser` and :func:`main`,
+on :func:`ftbc.train.loop.train_one_epoch` and :func:`ftbc.train.loop.evaluate`;
+reloading a trained ANN is :func:`ftbc.models.checkpoint.load_model`. Recipes (optimiser,
 schedule, augmentation) are data in ``ftbc/recipes/*.yaml``
-(:mod:`ftbc.recipes`); the batches come from :mod:`ftbc.loaders`.
+(:mod:`ftbc.train.recipes`); the batches come from :mod:`ftbc.data.loaders`.
 
 Outputs of one run in ``out/``:
 
@@ -13,13 +14,13 @@ Outputs of one run in ``out/``:
   learned QCFS lambdas or the clip levels, versions, git commit, sha256);
 - ``run.yaml``: the resolved arguments, enough to rerun the same training;
 - while the run is going: ``last.json`` + ``last-epochNNNN.safetensors``,
-  the state after the latest epoch (:mod:`ftbc.resume`). The same command
+  the state after the latest epoch (:mod:`ftbc.train.resume`). The same command
   started again continues from it; they are removed when the run finishes.
 
 Speed on a GPU: bf16 autocast (``amp``, on by default on CUDA), channels-last
 weights and inputs, cuDNN autotuning, and for CIFAR the training set held on
-the GPU with crop / flip / Cutout done there (:mod:`ftbc.batches`). Several
-GPUs or hosts: ``torchrun`` (:mod:`ftbc.distributed`).
+the GPU with crop / flip / Cutout done there (:mod:`ftbc.data.batches`). Several
+GPUs or hosts: ``torchrun`` (:mod:`ftbc.data.distributed`).
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def train(*, dataset: str, data_root, arch: str, act: str = "relu", act_kwargs: 
             over the chosen number, which ``model.json`` records.
         restart: ignore and delete a saved per-epoch state in ``out``.
         init_from: initial weights (a safetensors file of a torchvision
-            network, see :mod:`ftbc.pretrained`, or a suite checkpoint).
+            network, see :mod:`ftbc.models.pretrained`, or a suite checkpoint).
 
     Returns the metrics: ``train_loss``, ``train_acc``, ``lr`` and
     ``epoch_time_s`` per epoch, ``test_acc``, ``holdout_acc`` (None without a
@@ -160,7 +161,7 @@ def fit(model: nn.Module, loader: Iterable, recipe: dict, device, *, progress: b
 
     With ``out``, the state after each epoch is saved there (rank 0) and a
     state already there with the same ``run_key`` is resumed (see
-    :mod:`ftbc.resume`). With ``time_budget_s`` the number of epochs is set
+    :mod:`ftbc.train.resume`). With ``time_budget_s`` the number of epochs is set
     after the first one (at most the recipe's) and lowered later if epochs
     get slower (see :func:`_resize_for_budget`). Returns per-epoch
     ``train_loss``, ``train_acc`` (%), ``lr`` and ``epoch_time_s``; raises
@@ -313,7 +314,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="discard the per-epoch state in --out instead of resuming from it")
     g.add_argument("--sync-bn", action="store_true", help="under torchrun: BatchNorm over the global batch")
     g.add_argument("--init-from", default=None, metavar="FILE",
-                   help="initial weights: torchvision VGG-16 weights as safetensors (see ftbc.pretrained)")
+                   help="initial weights: torchvision VGG-16 weights as safetensors (see ftbc.models.pretrained)")
     return p
 
 

@@ -1,4 +1,4 @@
-"""Tensor augmentation and sharded batches (ftbc.batches, ftbc.distributed samplers): CPU tensors, milliseconds.
+"""Tensor augmentation and sharded batches (ftbc.data.batches, ftbc.data.distributed samplers): CPU tensors, milliseconds.
 
 The same functions run on a GPU in training; here they run on CPU tensors,
 which is where their logic is checked.

@@ -5,7 +5,7 @@ The transcription below is the release's outer loop written from its algorithm
 thresholds' draw is seed), shuffles
 the training images afresh and takes the first ``batches`` batches; every batch
 runs one release-style pass (the whole network advanced one step per (layer,
-step) pair, ``ftbc._reference.release_ftbc_pass``). Biases accumulate over all
+step) pair, ``ftbc.bench.reference.release_ftbc_pass``). Biases accumulate over all
 batches and iterations. The suite's stage must give the same biases (float64,
 within 1e-9: the operations are the same but grouped differently).
 """

@@ -2,7 +2,7 @@
 
 Each transcription below is written from the algorithm (docs/methods.md sections 1-3),
 not from the suite's code: it simulates the *whole* network one step at a time
-with the plain out-of-place neuron of ``ftbc._reference`` and calibrates layer by
+with the plain out-of-place neuron of ``ftbc.bench.reference`` and calibrates layer by
 layer in forward order, as the releases do. The suite's layer-major driver must
 give the same values. Everything runs in float64; the operations are the same
 but summed in another order, so the tolerance is 1e-9 (stated per test).

@@ -14,7 +14,7 @@ rules, written from the specification (not from its code):
 It runs on a tiny network with fixed weights and data, two convolution and one
 linear spiking layer and no BatchNorm (so folding changes nothing and both sides
 see bit-identical activations), and is compared with
-``ftbc.conversion.observe_thresholds``.
+``ftbc.snn.conversion.observe_thresholds``.
 
 The comparison is bit-equal (``torch.equal``). Why it can be: every threshold is
 a grid point max * (1 - 0.01 k) formed by the same float32 product on both

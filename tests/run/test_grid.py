@@ -1,4 +1,4 @@
-"""The workflow's grid (ftbc/grid.py) and data preparation (ftbc/prepare.py), without Snakemake."""
+"""The workflow's grid (ftbc/run/grid.py) and data preparation (ftbc/data/prepare.py), without Snakemake."""
 
 import sys
 import tarfile

@@ -1,6 +1,6 @@
 """ImageNet end to end on a tiny synthetic ImageFolder: train, convert, calibrate, simulate (CPU, one step each).
 
-Also the import of torchvision's VGG-16 weights (ftbc.pretrained).
+Also the import of torchvision's VGG-16 weights (ftbc.models.pretrained).
 """
 
 from __future__ import annotations

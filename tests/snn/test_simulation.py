@@ -21,7 +21,7 @@ CHANNELWISE = MAXNORM.with_overrides({"channelwise": True})
 
 
 class PlainIF(nn.Module):
-    """The neuron written out longhand, sharing nothing with ftbc.neuron."""
+    """The neuron written out longhand, sharing nothing with ftbc.snn.neuron."""
 
     def __init__(self, n: IFNeuron):
         super().__init__()

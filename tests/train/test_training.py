@@ -1,4 +1,4 @@
-"""Tests of ftbc.training and ftbc.recipes on a tiny synthetic CIFAR-10 tree (seconds on 2 cores)."""
+"""Tests of ftbc.train.training and ftbc.train.recipes on a tiny synthetic CIFAR-10 tree (seconds on 2 cores)."""
 
 from __future__ import annotations
 
