@@ -214,7 +214,7 @@ def test_a_clean_synthetic_tree_passes(tmp_path):
     ("ftbc/snn/neuron.py", "def f():\n    from ftbc.run import grid\n", "ftbc.snn.neuron"),  # up, in a function
     ("ftbc/snn/neuron.py", "import ftbc.run.grid\n", "ftbc.snn.neuron"),  # up, import x.y
     ("ftbc/report/tables.py", "from ..snn.neuron import IFNeuron\n", "ftbc.report.tables"),  # relative, report -> core
-    ("ftbc/data/a.py", "from ftbc.report import tables\n", "ftbc.data.datasets.a"),  # sideways, same rank
+    ("ftbc/data/a.py", "from ftbc.report import tables\n", "ftbc.data.a"),  # sideways, same rank
 ])
 def test_an_upward_import_is_caught(tmp_path, rel, text, culprit):
     bad, _, _ = check(_tree(tmp_path, {**BASE_TREE, rel: text}), ("ftbc",))
@@ -223,9 +223,9 @@ def test_an_upward_import_is_caught(tmp_path, rel, text, culprit):
 
 def test_a_cycle_is_caught(tmp_path):
     files = {**BASE_TREE, "ftbc/data/a.py": "from . import b\n",
-             "ftbc/data/b.py": "def f():\n    from ftbc.data.datasets.a import x\n"}
+             "ftbc/data/b.py": "def f():\n    from ftbc.data.a import x\n"}
     bad, found, _ = check(_tree(tmp_path, files), ("ftbc",))
-    assert bad == [] and found == [["ftbc.data.datasets.a", "ftbc.data.datasets.b"]]
+    assert bad == [] and found == [["ftbc.data.a", "ftbc.data.b"]]
 
 
 def test_an_unmapped_module_is_reported(tmp_path):
