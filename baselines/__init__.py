@@ -1,6 +1,6 @@
 """The conversion methods of the FTBC paper's comparison, one module each, behind one registry.
 
-A method is a :class:`ftbc.method.Method` value registered by name
+A method is a :class:`ftbc.snn.method.Method` value registered by name
 (timm-style: ``register_method`` fills a name -> method dict, ``list_methods``
 filters with fnmatch, a duplicate name is an error). Importing this package
 imports every method module so registration runs; a method defined outside
@@ -14,7 +14,7 @@ from __future__ import annotations
 import fnmatch
 
 from ftbc.errors import UserError
-from ftbc.method import Method, Stage
+from ftbc.snn.method import Method, Stage
 
 __all__ = ["Method", "Stage", "register_method", "get_method", "list_methods", "is_method"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from baselines import get_method, list_methods
-from ftbc.calibration import STAGES
+from ftbc.snn.stages import STAGES
 from ftbc.errors import UserError
 
 

@@ -2,7 +2,7 @@
 
 FTBC composes with any base method: :func:`with_ftbc` keeps the base's ANN,
 thresholds and neuron and replaces its calibration stages by the FTBC stage
-(``ftbc.calibration``), with the release's alpha / iterations / batches for
+(``ftbc.snn.calibration``), with the release's alpha / iterations / batches for
 the base and dataset. The paper's rows:
 
 - ``ftbc_relu`` ("Ours*"): SNNC's MSE-searched, channel-wise thresholds and
@@ -10,7 +10,7 @@ the base and dataset. The paper's rows:
 - ``ftbc_qcfs`` ("Ours (+QCFS)"): theta = lambda, v(0) = theta/2;
 - ``ftbc_rts`` ("Ours (+RTS)"): RTS thresholds and shift.
 
-``*_quantile`` solve each bias in closed form (see ``ftbc.calibration``) instead
+``*_quantile`` solve each bias in closed form (see ``ftbc.snn.calibration``) instead
 of the paper's iterative rule.
 """
 

@@ -10,7 +10,7 @@ the shift theta / (2T) at every step (``snnc_none``, registered in
 """
 
 from baselines import Method, register_method
-from ftbc.calibration_pool import SNNC_LOADER
+from ftbc.data.calibration_pool import SNNC_LOADER
 
 MAXNORM = register_method(Method(
     name="maxnorm",

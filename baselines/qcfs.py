@@ -8,7 +8,7 @@ for any T, so nothing depends on T and one T_max run gives every prefix.
 """
 
 from baselines import Method, register_method
-from ftbc.calibration_pool import QCFS_LOADER
+from ftbc.data.calibration_pool import QCFS_LOADER
 
 QCFS = register_method(Method(
     name="qcfs",

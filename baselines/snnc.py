@@ -21,7 +21,7 @@ through the shift.
 
 The three calibration stages are registered here; each visits the spiking
 layers in forward order with the layers below already calibrated (the
-driver in :mod:`ftbc.calibration`). Everything depends on T.
+driver in :mod:`ftbc.snn.calibration`). Everything depends on T.
 """
 
 from __future__ import annotations
@@ -34,11 +34,13 @@ import torch
 from torch import Tensor, nn
 
 from baselines import Method, Stage, register_method
-from ftbc.calibration import (ann_output, channel_mean, layerwise_pass, rate_pass, register_stage, resolve_order,
-                              time_means)
-from ftbc.calibration_pool import SNNC_LOADER
-from ftbc.conversion import draw_batches, spiking_layers
-from ftbc.neuron import IFNeuron
+from ftbc.snn.calibration import ann_output, layerwise_pass, rate_pass, resolve_order, time_means
+from ftbc.snn.ftbc_solvers import channel_mean
+from ftbc.snn.stages import register_stage
+from ftbc.data.calibration_pool import SNNC_LOADER
+from ftbc.data.calibration_pool import draw_batches
+from ftbc.snn.graph import spiking_layers
+from ftbc.snn.neuron import IFNeuron
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Run: ``python3 -m pytest benchmarks --benchmark-only`` (~10 min on 2 cores);
 ``-m full`` runs only the heavy configurations skipped by default. Each
 benchmark's ``extra_info`` holds the configuration and the peak memory of
-one call (:mod:`ftbc._memory`). See BENCHMARKS.md.
+one call (:mod:`ftbc.bench.memory`). See BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ftbc.bench import Setup, build
+from ftbc.bench.bench import Setup, build
 
 
 def pytest_configure(config: pytest.Config) -> None:

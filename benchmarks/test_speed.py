@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from conftest import devices
-from ftbc import export_spikingjelly as _spikingjelly
-from ftbc._memory import peak_memory
-from ftbc.bench import CANDIDATES, candidates
-from ftbc.simulation import simulate
+from ftbc.interop import export_spikingjelly as _spikingjelly
+from ftbc.bench.memory import peak_memory
+from ftbc.bench.bench import CANDIDATES, candidates
+from ftbc.snn.simulation import simulate
 
 # (arch, batch, T) run by default; every other grid point is "full".
 DEFAULT = {("vgg16", 64, 8), ("vgg16", 64, 32),

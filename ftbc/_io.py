@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -93,3 +94,16 @@ def load_checkpoint(path: str | os.PathLike, *, verify: bool = True) -> tuple[di
     except Exception as e:  # safetensors raises several types on corrupt input
         raise CheckpointError(f"checkpoint {path} cannot be read as safetensors: {e}") from None
     return state, meta
+
+
+def git_commit() -> str | None:
+    """The suite's git commit (with '-dirty' if the tree has changes), or None outside a checkout."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("-dirty" if dirty else "") if sha else None

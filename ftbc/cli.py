@@ -13,20 +13,20 @@ import logging
 import sys
 from typing import Callable, NoReturn
 
-from ftbc.allocator import keep_freed_memory
+from ftbc.train.allocator import keep_freed_memory
 from ftbc.errors import UserError
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("ftbc.training", "train an ANN (ReLU, QCFS or clipped ReLU)"),
-    "evaluate": ("ftbc.evaluation", "convert, calibrate and evaluate an SNN at every time step"),
-    "quickstart": ("ftbc.quickstart", "train the small network on CIFAR-10, convert, calibrate, print the per-T table"),
+    "train": ("ftbc.train.training", "train an ANN (ReLU, QCFS or clipped ReLU)"),
+    "evaluate": ("ftbc.run.evaluation", "convert, calibrate and evaluate an SNN at every time step"),
+    "quickstart": ("ftbc.run.quickstart", "train the small network on CIFAR-10, convert, calibrate, print the per-T table"),
     "methods": ("baselines.cli", "list the registered conversion methods"),
-    "bench": ("ftbc.bench", "time SNN evaluation and an FTBC pass against T ANN passes, the releases and SpikingJelly"),
-    "prepare-data": ("ftbc.prepare", "check a dataset (extracting an archive if given one) and cache it"),
-    "tables": ("ftbc.tables", "aggregate evaluation outputs into the long table, paper tables and figures"),
-    "import-checkpoint": ("ftbc.checkpoint_import", "map a release's trained ANN (.pth) onto the suite's model"),
-    "export": ("ftbc.export", "write a saved calibrated SNN as a SpikingJelly module or a NIR graph"),
+    "bench": ("ftbc.bench.bench", "time SNN evaluation and an FTBC pass against T ANN passes, the releases and SpikingJelly"),
+    "prepare-data": ("ftbc.data.prepare", "check a dataset (extracting an archive if given one) and cache it"),
+    "tables": ("ftbc.report.tables", "aggregate evaluation outputs into the long table, paper tables and figures"),
+    "import-checkpoint": ("ftbc.interop.checkpoint_import", "map a release's trained ANN (.pth) onto the suite's model"),
+    "export": ("ftbc.interop.export", "write a saved calibrated SNN as a SpikingJelly module or a NIR graph"),
 }
 
 

@@ -1,4 +1,4 @@
-"""Page faults and system time of simulate() with and without ftbc.allocator's setting.
+"""Page faults and system time of simulate() with and without ftbc.train.allocator's setting.
 
 Usage: OMP_NUM_THREADS=1 python3 scripts/allocator_probe_simulate.py {plain,tuned} IMAGES T
 """
@@ -8,9 +8,9 @@ if mode == "tuned":
     libc = ctypes.CDLL("libc.so.6"); libc.mallopt(-4, 0); libc.mallopt(-1, 1 << 30)
 import torch
 from ftbc.models import create_model
-from ftbc.conversion import convert
+from ftbc.snn.conversion import convert
 from baselines import get_method
-from ftbc.simulation import simulate
+from ftbc.snn.simulation import simulate
 torch.manual_seed(0)
 m = create_model("vgg_small", num_classes=10, act_layer="relu").eval()
 x = torch.randn(int(sys.argv[2]), 3, 32, 32)

@@ -51,4 +51,4 @@ run resnet20_T32_b64_bf16_cl --arch resnet20 --T 32 --batch 64 --rounds 5 --prec
 # Last, as its first call compiles for up to a minute: the IF step as one fused kernel.
 run vgg16_T32_b64_bf16_cl_compiled --arch vgg16 --T 32 --batch 64 --rounds 5 --precision bf16 --channels-last --compile-scan --release-rounds 0 --only floor snn snn_compiled stepwise
 
-"$PY" -m ftbc.bench_table "$OUT" | tee "$OUT/table.md"
+"$PY" -m ftbc.report.bench_table "$OUT" | tee "$OUT/table.md"

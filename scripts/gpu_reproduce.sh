@@ -3,7 +3,7 @@
 # for as many epochs as fit, run every registered method at T = 1..64 on the full test set, and write the
 # per-T table, timings and hardware into OUTDIR, in under 8 minutes on one H200.
 #
-# Usage: scripts/gpu_reproduce.sh OUTDIR [--tiny] [options of python -m ftbc.reproduce]
+# Usage: scripts/gpu_reproduce.sh OUTDIR [--tiny] [options of python -m ftbc.run.reproduce]
 #   --tiny          the same steps on CPU with a small net and a class subset, in under 3 minutes
 #   --data PATH     CIFAR-10 archive or extracted folder (default: data/cifar10-jpeg.tar.gz or
 #                   data/cifar10-jpeg inside the checkout; data/ is git-ignored)
@@ -19,5 +19,5 @@ out=$(cd "$out" && pwd)
 cd "$repo"
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
-"${PYTHON:-python3}" -m ftbc.reproduce "$out" "$@" 2>&1 | tee "$out/log.txt"
+"${PYTHON:-python3}" -m ftbc.run.reproduce "$out" "$@" 2>&1 | tee "$out/log.txt"
 exit "${PIPESTATUS[0]}"

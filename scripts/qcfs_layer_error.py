@@ -16,12 +16,13 @@ import argparse
 import torch
 
 from baselines import get_method
-from ftbc.calibration import ann_targets
-from ftbc.conversion import convert, spiking_layers
-from ftbc.data import build_transform, load_split
-from ftbc.prepare import resolve_data_root
-from ftbc.simulation import correct_per_step, simulate
-from ftbc.training import load_model
+from ftbc.snn.calibration import ann_targets
+from ftbc.snn.conversion import convert
+from ftbc.snn.graph import spiking_layers
+from ftbc.data.datasets import build_transform, load_split
+from ftbc.data.prepare import resolve_data_root
+from ftbc.snn.simulation import correct_per_step, simulate
+from ftbc.models.checkpoint import load_model
 
 
 def main() -> None:

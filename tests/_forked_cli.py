@@ -69,9 +69,9 @@ def main() -> None:
     # What every subcommand imports, once, before any fork (no torch threads are started by imports).
     import baselines  # noqa: F401
     import ftbc.cli  # noqa: F401
-    import ftbc.evaluation  # noqa: F401
-    import ftbc.tables  # noqa: F401
-    import ftbc.training  # noqa: F401
+    import ftbc.run.evaluation  # noqa: F401
+    import ftbc.report.tables  # noqa: F401
+    import ftbc.train.training  # noqa: F401
 
     with open(results_file, "w") as f:
         json.dump(run_all(jobs, workers), f)

@@ -41,8 +41,10 @@ def checkpoint(ann: str) -> Path:
 def compute(data_root: str | Path, cases: list[tuple[str, str, int]] = CASES) -> pd.DataFrame:
     """The guard rows for ``cases``: ANN accuracy on the slice, and SNN accuracy per t."""
     from baselines import get_method
-    from ftbc.evaluation import load_eval_data, run
-    from ftbc.training import evaluate, load_model
+    from ftbc.data.eval_sets import load_eval_data
+    from ftbc.run.evaluation import run
+    from ftbc.train.loop import evaluate
+    from ftbc.models.checkpoint import load_model
 
     calib, _, test = load_eval_data("cifar10", str(data_root), download=False, holdout=0, n_test=N_TEST,
                                     batch_size=N_TEST, test_seed=TEST_SEED, calibration_transform="train")
@@ -58,7 +60,7 @@ def compute(data_root: str | Path, cases: list[tuple[str, str, int]] = CASES) ->
 
 
 if __name__ == "__main__":
-    from ftbc.prepare import resolve_data_root
+    from ftbc.data.prepare import resolve_data_root
 
     root = resolve_data_root("cifar10", sys.argv[1] if len(sys.argv) > 1 else "auto", download=False)
     rows = compute(root)

@@ -28,7 +28,7 @@ from conftest import cli_env
 
 from ftbc import models
 from ftbc._io import save_checkpoint, sha256_file, sidecar_path
-from ftbc.data import CIFAR_CLASSES
+from ftbc.data.datasets import CIFAR_CLASSES
 
 # Calibration sizes a 20-image training split can feed: thresholds, then the FTBC stage.
 SMALL = ("--set", "threshold_batches=1", "--set", "threshold_batch_size=4", "--set", "threshold_positions=64")
@@ -118,7 +118,7 @@ def _write_trees(root: Path) -> None:
 
 
 def _meta(dataset: str, act: str, num_classes: int) -> dict:
-    """The sidecar fields ``ftbc.training.load_model`` and ``ftbc evaluate`` read."""
+    """The sidecar fields ``ftbc.models.checkpoint.load_model`` and ``ftbc evaluate`` read."""
     return dict(dataset=dataset, arch="vgg_small", act=act, act_kwargs={}, num_classes=num_classes)
 
 
@@ -330,7 +330,7 @@ def _unpickling_calls(path: Path) -> list[str]:
 
 # The one deliberate exception: the releases' .pth files are torch pickles, read with the
 # restricted unpickler (weights_only=True) by the import command and nowhere else.
-RELEASE_READER = "ftbc/checkpoint_import.py"
+RELEASE_READER = "ftbc/interop/checkpoint_import.py"
 
 
 def _suite_unpickling() -> list[str]:

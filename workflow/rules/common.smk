@@ -1,11 +1,11 @@
 # Configuration check, wildcard constraints and input functions. The grid logic
-# itself lives in ftbc/grid.py (tested on its own).
+# itself lives in ftbc/run/grid.py (tested on its own).
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from ftbc import grid
+from ftbc.run import grid
 from ftbc.errors import UserError
-from ftbc.grid import figure_name
+from ftbc.report.naming import figure_name
 
 try:
     validate(config, "../schemas/config.schema.yaml", set_default=True)

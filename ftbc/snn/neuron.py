@@ -1,0 +1,203 @@
+"""The integrate-and-fire neuron (docs/methods.md section 1), the one every method uses.
+
+At step t = 0..T-1 (the paper's t = 1..T), with input current x(t)::
+
+    m(t) = v(t-1) + x(t) + offset + b[t]      # offset: SNNC/RTS shift, SNNC bias correction
+    s(t) = H(m(t) - theta)                     # fires when m >= theta
+    v(t) = m(t) - theta * s(t)                 # reset by subtraction
+    out(t) = theta * s(t)
+
+with v(-1) = v0. Methods differ only in the values of ``theta``, ``v0``,
+``offset`` and the FTBC biases ``b`` (shape [T_b, C]; steps t >= T_b get no
+bias); none subclasses the neuron.
+
+Shapes: per-channel parameters are stored as [C] and broadcast over
+[N, C, *spatial]; ``v0`` may also be per neuron ([C, *spatial], SNNC's
+potential calibration). Two step modes (as in SpikingJelly): ``'s'`` takes one
+step [N, ...] and keeps its membrane between calls; ``'m'`` takes all steps
+with T folded into the batch, [T*N, ...], and scans over T inside. Input that
+arrives in half precision (autocast on a GPU, :mod:`ftbc.bench.accel`) is integrated
+in float32: the membrane is never rounded.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+
+def if_step(x: Tensor, v: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
+    """One IF step: integrate ``x`` into ``v``, fire at ``>= theta``, reset by subtraction.
+
+    Pure: reads no module state. Returns (spikes in {0, 1}, next membrane).
+    """
+    m = v + x
+    s = (m >= theta).to(m.dtype)
+    return s, m - theta * s
+
+
+def if_step_(v: Tensor, x: Tensor, theta: Tensor, out: Tensor | None = None) -> Tensor:
+    """:func:`if_step` updating ``v`` in place; returns the layer output theta * s.
+
+    The simulation's hot path, bit-equal to :func:`if_step` (tested). Four
+    passes over memory, each a vectorised kernel: ``torch.where`` with a random
+    mask runs branchy on CPU and a fresh bool mask costs an allocation, so the
+    comparison writes 0/1 straight into the float output (measured in
+    BENCHMARKS.md). ``out`` (shape of ``v``) receives the output instead of a
+    fresh tensor, e.g. a slice of a [T, ...] buffer.
+    """
+    v.add_(x)
+    if out is None:
+        out = torch.empty_like(v)
+    torch.ge(v, theta, out=out)  # s in {0., 1.}
+    out.mul_(theta)  # exactly theta or +0.0 (theta > 0)
+    v.sub_(out)
+    return out
+
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def exact(x: Tensor) -> Tensor:
+    """``x`` in float32 if it arrives in half precision (autocast): the membrane is always kept exact."""
+    return x.float() if x.dtype in _LOW_PRECISION else x
+
+
+def channel_view(p: Tensor, ndim: int) -> Tensor:
+    """Broadcast a [C] parameter over a [N, C, *spatial] tensor of ``ndim`` dims."""
+    if p.dim() == 1 and ndim > 2:
+        return p.view(-1, *([1] * (ndim - 2)))
+    return p
+
+
+# Called with the layer's input current [T, N, ...] before it fires; may return the layer's
+# outputs under its updated parameters (then the layer does not rerun its steps).
+CalibrationHook = Callable[["IFNeuron", Tensor], "Tensor | None"]
+# Single-step mode: called with step t's input [N, ...] and t instead of the plain step; it must
+# advance the membrane ``neuron.v`` in place and return the step's output theta * s.
+StepHook = Callable[["IFNeuron", Tensor, int], Tensor]
+
+
+class IFNeuron(nn.Module):
+    """Integrate-and-fire neuron with soft reset, replacing one ANN activation.
+
+    Args:
+        threshold: theta, scalar or per channel [C].
+        v0: initial membrane potential (scalar, [C] or [C, *spatial]).
+        offset: current added at every step (scalar or [C]).
+    """
+
+    def __init__(self, threshold: Tensor | float = 1.0, v0: Tensor | float = 0.0, offset: Tensor | float = 0.0):
+        super().__init__()
+        self.register_buffer("threshold", torch.as_tensor(threshold, dtype=torch.float32).clone())
+        self.register_buffer("v0", torch.as_tensor(v0, dtype=torch.float32).clone())
+        self.register_buffer("offset", torch.as_tensor(offset, dtype=torch.float32).clone())
+        self.register_buffer("bias", torch.zeros(0, 0))  # FTBC b[t, c], filled by calibration
+        self.step_mode = "s"
+        self.n_steps = 1  # T, used in multi-step mode
+        self.calibration_hook: CalibrationHook | None = None
+        self.step_hook: StepHook | None = None
+        self.record = False
+        self.spike_counts: Tensor | None = None  # [T] spikes summed over batch and neurons
+        self.step_fn: Callable[..., Tensor] = if_step_  # ftbc.bench.accel may swap in a compiled, bit-equal step
+        self.reset()
+
+    # -- state -----------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget the membrane; the next step starts from v0 at t = 0."""
+        self.v: Tensor | None = None
+        self.t = 0
+
+    def extra_repr(self) -> str:
+        shape = "scalar" if self.threshold.dim() == 0 else f"per-channel[{self.threshold.numel()}]"
+        return f"threshold={shape}, step_mode={self.step_mode!r}, ftbc_steps={self.bias.shape[0]}"
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Buffers change shape with the method (scalar vs per channel, FTBC steps):
+        # take the saved shape rather than failing on a mismatch.
+        for name in ("threshold", "v0", "offset", "bias"):
+            key = prefix + name
+            if key in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[key], device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # -- dynamics --------------------------------------------------------------
+    def current(self, x: Tensor) -> Tensor:
+        """Input current before the FTBC bias: x + offset (``x`` itself when there is no offset)."""
+        if self.offset.dim() or self.offset.item() != 0:  # most methods have none: skip a pass
+            return x + channel_view(self.offset, x.dim())
+        return x
+
+    def drive(self, x: Tensor, t: int) -> Tensor:
+        """Input current of step ``t`` including offset and FTBC bias: x + offset + b[t]."""
+        d = self.current(x)
+        if t < self.bias.shape[0]:
+            d = d + channel_view(self.bias[t], x.dim())
+        return d
+
+    def initial_membrane(self, like: Tensor) -> Tensor:
+        # empty_like keeps ``like``'s memory format (channels-last on GPU); an expanded clone would not.
+        return torch.empty_like(like).copy_(channel_view(self.v0, like.dim()).expand_as(like))
+
+    def theta(self, ndim: int) -> Tensor:
+        return channel_view(self.threshold, ndim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.step_mode == "m":
+            return self._multi_step(x)
+        return self._single_step(x)
+
+    def _single_step(self, x: Tensor) -> Tensor:
+        x = exact(x)
+        if self.v is None:
+            self.v = self.initial_membrane(x)
+        if self.step_hook is not None:
+            out = self.step_hook(self, x, self.t)
+        else:
+            out = self.step_fn(self.v, self.drive(x, self.t), self.theta(x.dim()).to(x.dtype))
+        if self.record:
+            self._count(self.t, out.count_nonzero())
+        self.t += 1
+        return out
+
+    def _multi_step(self, x: Tensor) -> Tensor:
+        T = self.n_steps
+        if x.shape[0] % T:
+            raise ValueError(f"multi-step input must be [T*N, ...] with T={T}; got batch {x.shape[0]}")
+        xs = exact(x).view(T, x.shape[0] // T, *x.shape[1:])
+        out = self.calibration_hook(self, xs) if self.calibration_hook is not None else None
+        if out is None:
+            out = self.run_steps(xs)
+        if self.record:
+            counts = out.flatten(1).count_nonzero(1)
+            for t in range(T):
+                self._count(t, counts[t])
+        return out.view_as(x)
+
+    def run_steps(self, xs: Tensor) -> Tensor:
+        """Run all steps of ``xs`` [T, N, ...] from v0; returns the outputs theta * s [T, N, ...]."""
+        theta = self.theta(xs.dim() - 1).to(xs.dtype)
+        v = self.initial_membrane(xs[0])
+        out = torch.empty_like(xs)
+        for t in range(xs.shape[0]):
+            self.step_fn(v, self.drive(xs[t], t), theta, out=out[t])
+        return out
+
+    def scan(self, xs: Tensor) -> Tensor:
+        """Run all steps of ``xs`` [T, N, ...] from v0; returns the spikes s in {0, 1} [T, N, ...]."""
+        return (self.run_steps(xs) != 0).to(xs.dtype)
+
+    def _count(self, t: int, n: Tensor) -> None:
+        if self.spike_counts is None or self.spike_counts.shape[0] <= t:
+            grown = torch.zeros(max(t + 1, 2 * (0 if self.spike_counts is None else len(self.spike_counts))), dtype=torch.float64)
+            if self.spike_counts is not None:
+                grown[: len(self.spike_counts)] = self.spike_counts
+            self.spike_counts = grown
+        self.spike_counts[t] += float(n)
+
+
+def neurons(model: nn.Module) -> list[tuple[str, IFNeuron]]:
+    """The IF neurons of ``model`` in registration (= forward, for converted nets) order."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, IFNeuron)]
