@@ -9,6 +9,10 @@ In single-step mode a forward call is one step, ``module.t - 1`` after it has
 advanced; in multi-step mode the output [T*N, ...] holds all T steps. Counts
 accumulate as exact integers on the output's device (no host sync per step)
 and are handed out as float64.
+
+Every forward call while open is counted, as the neuron's own counter did: in
+layer-major mode with no chunk size, :func:`ftbc.snn.simulation.layer_major_chunk`'s
+one-image, one-step probe adds to step 0 (kept for bit-equal activity tables).
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ step [N, ...] and keeps its membrane between calls; ``'m'`` takes all steps
 with T folded into the batch, [T*N, ...], and scans over T inside. Input that
 arrives in half precision (autocast on a GPU, :mod:`ftbc.bench.accel`) is integrated
 in float32: the membrane is never rounded.
+
+The neuron keeps no statistics: spike counts are observed from outside by
+:class:`ftbc.snn.monitors.SpikeMonitor` (forward hooks).
 """
 
 from __future__ import annotations
