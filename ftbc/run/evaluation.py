@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import logging
 import operator
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -34,10 +33,10 @@ from ftbc.energy import count_macs
 from ftbc.errors import UserError
 from ftbc.options import parse_overrides, parse_T
 from ftbc.snn.conversion import convert
-from ftbc.snn.graph import spiking_layers
 from ftbc.snn.method import Method
 from ftbc.snn.neuron import IFNeuron
-from ftbc.snn.simulation import StepMode, correct_per_step, recording, simulate
+from ftbc.snn.monitors import SpikeMonitor
+from ftbc.snn.simulation import BatchCallback, NoData, StepMode, accuracy_per_step
 
 RESULT_FORMAT = 1
 # the columns accuracy.csv repeats on each row, before t, T_run, accuracy
@@ -94,52 +93,51 @@ def spike_fan_out(snn: fx.GraphModule) -> dict[str, float]:
 # it is at most this often, so that ``tail -f`` on a job's log moves.
 PROGRESS_EVERY_S = 60.0
 
+def progress_lines(T: int, n_images: int | None) -> BatchCallback:
+    """An ``on_batch`` callback logging how far the simulation is, at most every :data:`PROGRESS_EVERY_S`."""
+    last_line = time.perf_counter()
+
+    def on_batch(total: int, correct: Tensor) -> None:
+        nonlocal last_line
+        if time.perf_counter() - last_line >= PROGRESS_EVERY_S:
+            logger.info("T=%d: %d%s test images simulated, accuracy at t=%d so far %.2f %%", T, total,
+                        f"/{n_images}" if n_images else "", T, 100.0 * float(correct[T - 1]) / total)
+            last_line = time.perf_counter()
+    return on_batch
+
+
+def activity_table(snn: fx.GraphModule, monitor: SpikeMonitor, T: int, images: int) -> pd.DataFrame:
+    """Per spiking layer and t = 1..T: firing rate, spikes and synaptic operations per image."""
+    fan = spike_fan_out(snn)
+    rows = []
+    for name in monitor.layers:
+        counts = monitor.counts(name, T)
+        for t in range(T):
+            spikes = float(counts[t]) / images
+            rows.append(dict(layer=name, t=t + 1, firing_rate=spikes / monitor.sizes.get(name, 1),
+                             spikes_per_image=spikes, synops_per_image=spikes * fan.get(name, 0.0)))
+    return pd.DataFrame(rows)
+
+
 @torch.no_grad()
 def evaluate_snn(snn: fx.GraphModule, batches: Iterable[tuple[Tensor, Tensor]], T: int, *,
                  device: torch.device | str = "cpu", mode: StepMode = "auto",
                  progress: bool = False) -> tuple[Tensor, pd.DataFrame]:
     """Accuracy (%) at t = 1..T and per-layer activity from one T-step simulation."""
-    correct = torch.zeros(T, dtype=torch.long)
-    total = 0
-    sizes: dict[str, int] = {}
+    images = 0
 
-    def size_hook(name: str):
-        def hook(module: nn.Module, inputs: Any, out: Tensor) -> None:
-            sizes.setdefault(name, out[0].numel())
-        return hook
+    def on_batch(total: int, correct: Tensor) -> None:
+        nonlocal images
+        images = total
+        log(total, correct)
 
-    hooks = [n.register_forward_hook(size_hook(name)) for name, n in spiking_layers(snn)]
-    it = batches
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(batches, desc=f"SNN T={T}", leave=False, disable=not sys.stderr.isatty())
-    n_images = getattr(batches, "n_images", None)
-    last_line = time.perf_counter()
+    log = progress_lines(T, getattr(batches, "n_images", None))
     try:
-        with recording(snn) as layers:
-            for x, y in it:
-                out = simulate(snn, x.to(device), T, mode=mode)
-                correct += correct_per_step(out, y)
-                total += len(y)
-                if time.perf_counter() - last_line >= PROGRESS_EVERY_S:
-                    logger.info("T=%d: %d%s test images simulated, accuracy at t=%d so far %.2f %%", T, total,
-                                f"/{n_images}" if n_images else "", T, 100.0 * float(correct[T - 1]) / total)
-                    last_line = time.perf_counter()
-    finally:
-        for h in hooks:
-            h.remove()
-    if total == 0:
-        raise UserError("no test images to evaluate")
-    fan = spike_fan_out(snn)
-    rows = []
-    for name, n in layers.items():
-        counts = n.spike_counts[:T] if n.spike_counts is not None else torch.zeros(T)
-        for t in range(T):
-            spikes = float(counts[t]) / total
-            rows.append(dict(layer=name, t=t + 1, firing_rate=spikes / sizes.get(name, 1),
-                             spikes_per_image=spikes, synops_per_image=spikes * fan.get(name, 0.0)))
-    return correct.double() * 100.0 / total, pd.DataFrame(rows)
+        with SpikeMonitor(snn) as monitor:
+            acc = accuracy_per_step(snn, batches, T, device=device, mode=mode, progress=progress, on_batch=on_batch)
+    except NoData:
+        raise UserError("no test images to evaluate") from None
+    return acc, activity_table(snn, monitor, T, images)
 
 
 def evaluate_at(snn: fx.GraphModule, method: str, t_dependent: bool, T: int, Ts: list[int],

@@ -18,6 +18,9 @@ step [N, ...] and keeps its membrane between calls; ``'m'`` takes all steps
 with T folded into the batch, [T*N, ...], and scans over T inside. Input that
 arrives in half precision (autocast on a GPU, :mod:`ftbc.bench.accel`) is integrated
 in float32: the membrane is never rounded.
+
+The neuron keeps no statistics: spike counts are observed from outside by
+:class:`ftbc.snn.monitors.SpikeMonitor` (forward hooks).
 """
 
 from __future__ import annotations
@@ -99,8 +102,6 @@ class IFNeuron(nn.Module):
         self.n_steps = 1  # T, used in multi-step mode
         self.calibration_hook: CalibrationHook | None = None
         self.step_hook: StepHook | None = None
-        self.record = False
-        self.spike_counts: Tensor | None = None  # [T] spikes summed over batch and neurons
         self.step_fn: Callable[..., Tensor] = if_step_  # ftbc.bench.accel may swap in a compiled, bit-equal step
         self.reset()
 
@@ -157,8 +158,6 @@ class IFNeuron(nn.Module):
             out = self.step_hook(self, x, self.t)
         else:
             out = self.step_fn(self.v, self.drive(x, self.t), self.theta(x.dim()).to(x.dtype))
-        if self.record:
-            self._count(self.t, out.count_nonzero())
         self.t += 1
         return out
 
@@ -170,10 +169,6 @@ class IFNeuron(nn.Module):
         out = self.calibration_hook(self, xs) if self.calibration_hook is not None else None
         if out is None:
             out = self.run_steps(xs)
-        if self.record:
-            counts = out.flatten(1).count_nonzero(1)
-            for t in range(T):
-                self._count(t, counts[t])
         return out.view_as(x)
 
     def run_steps(self, xs: Tensor) -> Tensor:
@@ -188,14 +183,6 @@ class IFNeuron(nn.Module):
     def scan(self, xs: Tensor) -> Tensor:
         """Run all steps of ``xs`` [T, N, ...] from v0; returns the spikes s in {0, 1} [T, N, ...]."""
         return (self.run_steps(xs) != 0).to(xs.dtype)
-
-    def _count(self, t: int, n: Tensor) -> None:
-        if self.spike_counts is None or self.spike_counts.shape[0] <= t:
-            grown = torch.zeros(max(t + 1, 2 * (0 if self.spike_counts is None else len(self.spike_counts))), dtype=torch.float64)
-            if self.spike_counts is not None:
-                grown[: len(self.spike_counts)] = self.spike_counts
-            self.spike_counts = grown
-        self.spike_counts[t] += float(n)
 
 
 def neurons(model: nn.Module) -> list[tuple[str, IFNeuron]]:

@@ -17,14 +17,13 @@ The simulator owns state: every neuron is reset at the start of each chunk.
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from typing import Iterable, Iterator, Literal
+from typing import Callable, Iterable, Literal
 
 import torch
 from torch import Tensor, nn
 
-from ftbc.snn.neuron import IFNeuron, neurons
+from ftbc.snn.neuron import neurons
 
 StepMode = Literal["s", "m", "auto"]
 
@@ -136,6 +135,14 @@ def correct_per_step(outputs: Tensor, labels: Tensor) -> Tensor:
     return (pred == labels.to(pred.device)).sum(1).cpu()
 
 
+class NoData(ValueError):
+    """:func:`accuracy_per_step` was given no images (a ValueError, as before; the CLI turns it into a UserError)."""
+
+
+# Called after each batch with (images so far, correct predictions so far at t = 1..T [T]).
+BatchCallback = Callable[[int, Tensor], None]
+
+
 @torch.no_grad()
 def accuracy_per_step(
     snn: nn.Module,
@@ -146,8 +153,14 @@ def accuracy_per_step(
     mode: StepMode = "auto",
     chunk_size: int | None = None,
     progress: bool = False,
+    on_batch: BatchCallback | None = None,
 ) -> Tensor:
-    """Top-1 accuracy (%) at every t = 1..T over ``batches`` of (images, labels); shape [T]."""
+    """Top-1 accuracy (%) at every t = 1..T over ``batches`` of (images, labels); shape [T].
+
+    The one evaluation loop: calibration checks and ``ftbc evaluate`` both run it; what they
+    observe besides accuracy comes from hooks (:class:`ftbc.snn.monitors.SpikeMonitor`) and
+    ``on_batch`` (progress lines). Raises :class:`NoData` when ``batches`` holds no image.
+    """
     correct = torch.zeros(T, dtype=torch.long)
     total = 0
     it = batches
@@ -159,19 +172,8 @@ def accuracy_per_step(
         out = simulate(snn, x.to(device), T, mode=mode, chunk_size=chunk_size)
         correct += correct_per_step(out, y)
         total += len(y)
+        if on_batch is not None:
+            on_batch(total, correct)
     if total == 0:
-        raise ValueError("no data to evaluate")
+        raise NoData("no data to evaluate")
     return correct.double() * 100.0 / total
-
-
-@contextlib.contextmanager
-def recording(snn: nn.Module) -> Iterator[dict[str, IFNeuron]]:
-    """Count spikes per neuron layer and step while inside the block."""
-    layers = dict(neurons(snn))
-    for n in layers.values():
-        n.record, n.spike_counts = True, None
-    try:
-        yield layers
-    finally:
-        for n in layers.values():
-            n.record = False

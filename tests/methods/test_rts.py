@@ -25,7 +25,8 @@ from ftbc.snn.conversion import convert, swap_activations
 from ftbc.models import ClipReLU, create_model
 from ftbc.models.resnet import ResNet
 from ftbc.snn.neuron import IFNeuron
-from ftbc.snn.simulation import recording, simulate
+from ftbc.snn.monitors import SpikeMonitor
+from ftbc.snn.simulation import simulate
 
 N_CALIB = 32  # threshold_batches * threshold_batch_size of ``_rts``: every calibration image is used
 
@@ -184,9 +185,9 @@ def test_rts_snn_matches_the_release_residual_simulation(T):
         assert n.offset.item() == pytest.approx(expected, rel=1e-7, abs=0), name
     assert sorted(n for n in layers if layers[n].offset.item() == 0) == ["stages.0.0.act2", "stages.1.0.act2"]
 
-    with recording(res.snn) as counted:
+    with SpikeMonitor(res.snn) as counted:
         ours = simulate(res.snn, test, T, mode="s")
-    assert all(n.spike_counts.sum() > 0 for n in counted.values()), "a silent layer would make the check empty"
+    assert all(counted.counts(n, T).sum() > 0 for n in counted.layers), "a silent layer would make the check empty"
     ref = release_simulation(net, thresh, test, T)
     assert ours.shape == ref.shape == (T, 16, 3)
     assert torch.equal(ours, ref)  # bit-equal, step by step

@@ -1,7 +1,9 @@
 """The IF neuron against spike trains worked out by hand."""
 
+import pytest
 import torch
 
+from ftbc.snn.monitors import SpikeMonitor
 from ftbc.snn.neuron import IFNeuron, if_step
 
 
@@ -57,7 +59,7 @@ def test_per_channel_threshold_and_bias_broadcast_over_space():
     assert torch.equal(out[0, 1], torch.full((2, 2), 2.0))  # 0.6 + 1.5 >= 2, output theta=2
 
 
-def test_multi_step_equals_single_steps_and_records_counts():
+def test_multi_step_equals_single_steps_and_the_monitor_counts_spikes():
     torch.manual_seed(0)
     T, N = 7, 3
     xs = torch.randn(T, N, 4, 5, 5)
@@ -65,10 +67,45 @@ def test_multi_step_equals_single_steps_and_records_counts():
     n.bias = torch.randn(5, 4) * 0.1
     single = torch.stack([n(xs[t]) for t in range(T)])
     n.reset()
-    n.step_mode, n.n_steps, n.record = "m", T, True
-    multi = n(xs.reshape(T * N, 4, 5, 5)).view_as(xs)
+    n.step_mode, n.n_steps = "m", T
+    with SpikeMonitor(n) as m:
+        multi = n(xs.reshape(T * N, 4, 5, 5)).view_as(xs)
     assert torch.equal(single, multi)
-    assert n.spike_counts[:T].tolist() == (multi > 0).flatten(1).sum(1).double().tolist()
+    assert m.counts("", T).tolist() == (multi > 0).flatten(1).sum(1).double().tolist()
+
+
+@pytest.mark.parametrize("mode", ["s", "m"])
+def test_monitor_counts_equal_the_spikes_of_run_steps(mode):
+    """Counts per step, summed over two runs, equal those counted by hand from ``run_steps``; size per image."""
+    torch.manual_seed(1)
+    T, N = 5, 2
+    n = IFNeuron(threshold=torch.tensor([0.5, 1.0, 1.5]), v0=0.2)
+    n.bias = torch.tensor([[0.1, -0.2, 0.3]])
+    runs = [torch.rand(T, N, 3, 2, 2) * 2 - 0.5 for _ in range(2)]
+    by_hand = sum((n.run_steps(xs) != 0).flatten(1).sum(1).double() for xs in runs)
+    assert 0 < by_hand.sum() < T * N * 12 * 2  # some spikes, not all: the check is not empty
+    with SpikeMonitor(n) as m:
+        for xs in runs:
+            n.reset()
+            if mode == "m":
+                n.step_mode, n.n_steps = "m", T
+                n(xs.reshape(T * N, 3, 2, 2))
+            else:
+                for t in range(T):
+                    n(xs[t])
+    n.reset()
+    n.step_mode = "s"
+    n(runs[0][0])  # closed: not counted
+    assert torch.equal(m.counts("", T), by_hand)
+    assert m.counts("", T).dtype == torch.float64
+    assert m.sizes == {"": 12}
+    assert m.counts("", T + 2)[T:].tolist() == [0.0, 0.0]
+
+
+def test_the_neuron_keeps_no_recording_state():
+    n = IFNeuron()
+    for name in ("record", "spike_counts", "_count"):
+        assert not hasattr(n, name), name
 
 
 def test_state_dict_round_trip_with_changed_shapes():
