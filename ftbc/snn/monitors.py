@@ -10,20 +10,35 @@ advanced; in multi-step mode the output [T*N, ...] holds all T steps. Counts
 accumulate as exact integers on the output's device (no host sync per step)
 and are handed out as float64.
 
-Every forward call while open is counted, as the neuron's own counter did: in
-layer-major mode with no chunk size, :func:`ftbc.snn.simulation.layer_major_chunk`'s
-one-image, one-step probe adds to step 0 (kept for bit-equal activity tables).
+Every forward call while open is counted, except inside :func:`unobserved`: a probe
+run that is not part of the simulation (layer-major chunk sizing runs one image for
+one step) must not add to step 0.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import contextvars
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from ftbc.snn.neuron import IFNeuron, neurons
+
+
+_UNOBSERVED = contextvars.ContextVar("ftbc_unobserved", default=False)
+
+
+@contextlib.contextmanager
+def unobserved() -> Iterator[None]:
+    """Forward calls inside the block are not counted by any open monitor."""
+    token = _UNOBSERVED.set(True)
+    try:
+        yield
+    finally:
+        _UNOBSERVED.reset(token)
 
 
 class SpikeMonitor:
@@ -52,6 +67,8 @@ class SpikeMonitor:
 
     def _hook(self, name: str):
         def hook(module: IFNeuron, inputs: Any, out: Tensor) -> None:
+            if _UNOBSERVED.get():
+                return
             self.sizes.setdefault(name, out[0].numel())
             if module.step_mode == "m":
                 T = module.n_steps

@@ -23,6 +23,7 @@ from typing import Callable, Iterable, Literal
 import torch
 from torch import Tensor, nn
 
+from ftbc.snn.monitors import unobserved
 from ftbc.snn.neuron import neurons
 
 StepMode = Literal["s", "m", "auto"]
@@ -62,7 +63,8 @@ def widest_layer(snn: nn.Module, x: Tensor) -> int:
     set_step_mode(snn, "s")
     reset_net(snn)
     try:
-        snn(x[:1])
+        with unobserved():  # a probe, not a simulated step: spike monitors must not count it
+            snn(x[:1])
     finally:
         for h in hooks:
             h.remove()

@@ -53,3 +53,13 @@ def test_no_images_is_a_user_error_here_and_a_value_error_below(snn_and_data):
         evaluate_snn(snn, [], T)
     with pytest.raises(ValueError, match="no data to evaluate"):
         accuracy_per_step(snn, [], T)
+
+
+def test_layer_major_activity_equals_step_major(snn_and_data):
+    """The layer-major chunk-size probe (one image, one step) is not a simulated step: both modes
+    simulate the same spikes, so their activity tables are equal (the probe once added to t=1)."""
+    snn, x, y = snn_and_data
+    acc_s, act_s = evaluate_snn(snn, [(x, y)], T, mode="s")
+    acc_m, act_m = evaluate_snn(snn, [(x, y)], T, mode="m")
+    assert torch.equal(acc_s, acc_m)
+    assert act_s.equals(act_m)
