@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from baselines import get_method, list_methods
-from ftbc.snn.stages import STAGES
+from ftbc.snn.stages import stage_settings
 from ftbc.errors import UserError
 
 
@@ -28,7 +28,7 @@ def main(args: argparse.Namespace) -> int:
         stages = "+".join(s.name for s in m.stages) or "-"
         rows.append((name, m.activation, m.threshold + ("/ch" if m.channelwise else ""), f"{m.v0:g}",
                      "theta/2T" if m.shift else "-", stages, "yes" if m.t_dependent else "no"))
-        details.extend(f"  {name}.{s.name}: {dict(STAGES[s.name].defaults, **s.params)}" for s in m.stages)
+        details.extend(f"  {name}.{s.name}: {stage_settings(s)}" for s in m.stages)
         about.append(f"  {name}: {m.summary or '-'}\n    {m.reference or 'no paper recorded'}")
     head = ("method", "activation", "threshold", "v0/theta", "shift", "stages", "depends on T")
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]

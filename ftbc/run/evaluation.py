@@ -253,7 +253,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--test-seed", type=int, default=0,
                    help="seed of the --n-test subset (keep it fixed across a grid; default 0)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a method setting, e.g. ftbc.iterations=5 or channelwise=true")
+                   help="override a method setting, e.g. ftbc.iterations=5 or channelwise=true (on top of --budget)")
+    p.add_argument("--budget", default=None, metavar="NAME",
+                   help="a named calibration budget of baselines/budgets.py, e.g. cpu_quick (default: release, "
+                        "the method's registered settings); recorded in result.json")
     p.add_argument("--holdout", type=int, default=0, help="training images held out for logging/selection")
     p.add_argument("--n-test", type=int, default=0, help="evaluate on a fixed subset of this many test images")
     p.add_argument("--batch-size", type=int, default=256, help="test images per batch")
@@ -271,7 +274,8 @@ def write_outputs(out: Path, accuracy: pd.DataFrame, activity: pd.DataFrame, res
 
 
 def main(args: argparse.Namespace) -> int:
-    from baselines import get_method, plugin_modules
+    from baselines import plugin_modules
+    from baselines.budgets import RELEASE, resolve_method
     from ftbc.train.loop import evaluate
     from ftbc.models.checkpoint import load_model
 
@@ -282,7 +286,7 @@ def main(args: argparse.Namespace) -> int:
     Ts = parse_T(args.T or "1,2,4,8,16,32")
     model, meta = load_model(args.checkpoint, device=args.device)
     try:
-        method = get_method(args.method, meta.get("dataset")).with_overrides(parse_overrides(args.overrides))
+        method = resolve_method(args.method, meta.get("dataset"), args.budget, parse_overrides(args.overrides))
     except ValueError as e:
         raise UserError(str(e)) from None
     progress = not args.quiet
@@ -301,8 +305,8 @@ def main(args: argparse.Namespace) -> int:
                                       save_snn=args.out if args.save_snn else None)
     out = Path(args.out)
     write_outputs(out, accuracy, activity, dict(
-        config=vars(args), method=method_record(method), checkpoint=meta, ann_accuracy=ann_acc,
-        plugins=plugin_modules(), **details))
+        config=vars(args), method=method_record(method, budget=args.budget or RELEASE), checkpoint=meta,
+        ann_accuracy=ann_acc, plugins=plugin_modules(), **details))
     write_text(out / "run.yaml", yaml.safe_dump(vars(args), sort_keys=False))
     print(f"ANN accuracy {ann_acc:.2f} %  ({meta['arch']}, {meta['act']}, {meta['dataset']})")
     print(accuracy[["method", "t", "accuracy"]].to_string(index=False))
@@ -315,7 +319,7 @@ def main_saved(args: argparse.Namespace) -> int:
     from ftbc.data.prepare import resolve_data_root
     from ftbc.snn.snn_file import load_snn, snn_files
 
-    ignored = [f for f in ("checkpoint", "method", "overrides", "holdout", "save_snn") if getattr(args, f)]
+    ignored = [f for f in ("checkpoint", "method", "overrides", "budget", "holdout", "save_snn") if getattr(args, f)]
     if ignored:
         raise UserError(f"--snn evaluates a saved, calibrated SNN; drop --{', --'.join(f.replace('_', '-') for f in ignored)}")
     files = snn_files(args.snn)
@@ -358,9 +362,10 @@ def main_saved(args: argparse.Namespace) -> int:
     return 0
 
 
-def method_record(method: Method) -> dict[str, Any]:
+def method_record(method: Method, budget: str | None = None) -> dict[str, Any]:
     """The resolved method as ``result.json`` keeps it; ``rank`` is its place in the registry
-    (the tables' row order), ``label`` / ``family`` / ``calibration`` how the tables name it."""
+    (the tables' row order), ``label`` / ``family`` / ``calibration`` how the tables name it,
+    ``budget`` the named budget (``baselines/budgets.py``) it was cut to, when given."""
     from baselines import list_methods
 
     d = {k: v for k, v in method.__dict__.items() if k not in ("stages", "dataset_overrides")}
@@ -371,4 +376,6 @@ def method_record(method: Method) -> dict[str, Any]:
     d["family"] = method.family or method.name
     names = list_methods()
     d["rank"] = names.index(method.name) if method.name in names else len(names)
+    if budget is not None:
+        d["budget"] = budget
     return d

@@ -55,6 +55,7 @@ class Evaluation:
     steps: str
     settings: tuple[tuple[str, Any], ...] = field(default=())
     calib_seed: int = 0
+    budget: str = "release"  # the configuration's named budget (baselines/budgets.py); settings apply on top
 
 
 def _entries(config: dict) -> list[dict]:
@@ -100,6 +101,7 @@ def check(config: dict) -> None:
     from ftbc.train.recipes import list_recipes
 
     load_plugins(",".join(plugins(config)))
+    budget_of(config)
     known = list_methods()
     settings = config.get("method_settings") or {}
     unknown = [name for name in settings if name not in known]
@@ -116,15 +118,15 @@ def check(config: dict) -> None:
                             f"a YAML file); recipes: {', '.join(sorted(recipes))}")
     for name in settings:
         for dataset in datasets(config) or [None]:
-            _method(name, dataset, settings_for(config, name))
+            _method(name, dataset, settings_for(config, name), budget_of(config))
 
 
 @lru_cache(maxsize=None)
-def _method(name: str, dataset: str, settings: tuple[tuple[str, Any], ...]):
-    from baselines import get_method
+def _method(name: str, dataset: str, settings: tuple[tuple[str, Any], ...], budget: str = "release"):
+    from baselines.budgets import resolve_method
 
     try:
-        return get_method(name, dataset).with_overrides(dict(settings))
+        return resolve_method(name, dataset, budget, dict(settings))
     except (KeyError, ValueError) as e:
         raise UserError(str(e).strip("'\"")) from None
 
@@ -143,6 +145,15 @@ def method_names(config: dict, entry: dict) -> list[str]:
     return list(names)
 
 
+def budget_of(config: dict) -> str:
+    """The configuration's named budget (``budget:``, default ``release``); an unknown name is a UserError."""
+    from baselines.budgets import RELEASE, budget_overrides
+
+    name = config.get("budget") or RELEASE
+    budget_overrides(name, "")
+    return name
+
+
 def settings_for(config: dict, method: str) -> tuple[tuple[str, Any], ...]:
     """The configuration's overrides of ``method``'s settings, as a hashable, sorted tuple."""
     return tuple(sorted((config.get("method_settings") or {}).get(method, {}).items()))
@@ -158,17 +169,18 @@ def evaluations(config: dict) -> list[Evaluation]:
     """Every evaluation job: methods matched to the ANNs of their activation."""
     Ts = sorted(set(int(t) for t in config["T"]))
     by_key = {a.key: a for a in anns(config)}
+    budget = budget_of(config)
     jobs = []
     for e in _entries(config):
         for name in method_names(config, e):
             settings = settings_for(config, name)
-            m = _method(name, e["dataset"], settings)
+            m = _method(name, e["dataset"], settings, budget)
             if m.activation not in e["activations"]:
                 continue
             for seed in e.get("seeds", [0]):
                 ann = by_key[(e["dataset"], e["arch"], m.activation, int(seed))]
                 steps = [str(T) for T in Ts] if m.t_dependent else [f"1-{Ts[-1]}"]
-                jobs += [Evaluation(ann, name, s, settings, int(c)) for c in calibration_seeds(config)
+                jobs += [Evaluation(ann, name, s, settings, int(c), budget) for c in calibration_seeds(config)
                          for s in steps]
     return jobs
 

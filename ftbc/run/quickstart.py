@@ -17,40 +17,37 @@ from pathlib import Path
 import pandas as pd
 
 from ftbc._io import write_text
-from ftbc.snn.stages import STAGES
 from ftbc.errors import CheckpointError, UserError
 from ftbc.snn.method import Method
 
 DEFAULT_METHODS = "maxnorm,opi,ftbc_relu"
-# CPU budget. The FTBC release runs 100 iterations x 5 batches of 128 per T for
-# ReLU nets on a GPU; here a calibration larger than CPU_FTBC_IMAGES images per T
-# runs 4 iterations x 2 batches instead (the RTS and QCFS release settings are
-# already smaller and run as published). SNNC's MSE threshold search runs on
-# 16,384 positions per channel and batch; RTS's maxima come from 40 batches of 128
-# instead of every training image. All are recorded in each result.json.
-CPU_FTBC_IMAGES = 4096
-CPU_FTBC = {"ftbc.iterations": 4, "ftbc.batches": 2}
-CPU_MSE_POSITIONS = 16384
-CPU_THRESHOLD_BATCHES = 40
+# CPU budget: the named budget ``cpu_quick`` of baselines/budgets.py (docs/methods.md, "Budgets"):
+# FTBC 4 iterations x 2 batches where the release runs more than 4,096 images per T, SNNC's MSE
+# search on 16,384 positions, RTS's maxima from 40 batches. Recorded in each result.json.
+BUDGET = "cpu_quick"
+CPU_FTBC_ITERATIONS = 4  # cpu_quick's FTBC iterations; --ftbc-iterations replaces them
 # The default run fits about 10 minutes on 2 CPU cores: the recipe's 5 epochs cut to 4
 # and 1,000 test images (the full test set and recipe are one flag away).
 QUICK_EPOCHS = 4
 QUICK_N_TEST = 1000
 
 
-def cpu_budget(method: Method, ftbc_iterations: int = CPU_FTBC["ftbc.iterations"]) -> Method:
-    """``method`` with the quickstart's CPU shortcuts (see above)."""
-    changes: dict = {}
-    st = method.stage("ftbc")
-    if st is not None and st.params.get("solver", "heuristic") == "heuristic":
-        p = {**STAGES["ftbc"].defaults, **st.params}
-        if p["iterations"] * p["batches"] * p["batch_size"] > CPU_FTBC_IMAGES:
-            changes.update({**CPU_FTBC, "ftbc.iterations": ftbc_iterations})
-    if method.threshold == "mse":
-        changes["threshold_positions"] = CPU_MSE_POSITIONS
-    if method.threshold_batches is None:  # a pass over the whole training set
-        changes["threshold_batches"] = CPU_THRESHOLD_BATCHES
-    return method.with_overrides(changes)
+def cpu_budget(method: Method, ftbc_iterations: int = CPU_FTBC_ITERATIONS) -> Method:
+    """``method`` (as registered, for its dataset) cut to the quickstart's budget; where the budget
+    cuts FTBC's iterations, ``ftbc_iterations`` of them."""
+    from baselines.budgets import apply_overrides, budget_overrides
+
+    changes = budget_overrides(BUDGET, method.name)
+    if "ftbc.iterations" in changes:
+        changes["ftbc.iterations"] = ftbc_iterations
+    return apply_overrides(method, changes)
+
+
+def quick_methods(names: list[str], ftbc_iterations: int = CPU_FTBC_ITERATIONS) -> list[Method]:
+    """The quickstart's methods on CIFAR-10, cut to its budget."""
+    from baselines import get_method
+
+    return [cpu_budget(get_method(m, "cifar10"), ftbc_iterations) for m in names]
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -67,7 +64,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "about 10 minutes; any other recipe's own)")
     p.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated registered methods, or 'all'")
     p.add_argument("--T", default="1,2,4,8,16,32", help="time steps to report")
-    p.add_argument("--ftbc-iterations", type=int, default=CPU_FTBC["ftbc.iterations"],
+    p.add_argument("--ftbc-iterations", type=int, default=CPU_FTBC_ITERATIONS,
                    help="FTBC iterations where the release's budget is too large for a CPU (it uses 100)")
     p.add_argument("--n-test", type=int, default=QUICK_N_TEST,
                    help=f"evaluate on a fixed subset of this many test images (default {QUICK_N_TEST}; 0: all 10,000)")
@@ -104,7 +101,7 @@ def pivot(accuracy: pd.DataFrame) -> pd.DataFrame:
 
 
 def main(args: argparse.Namespace) -> int:
-    from baselines import get_method, list_methods
+    from baselines import list_methods
     from ftbc.data.eval_sets import load_eval_data
     from ftbc.run.evaluation import method_record, run, write_outputs
     from ftbc.options import parse_T
@@ -118,7 +115,7 @@ def main(args: argparse.Namespace) -> int:
     Ts = parse_T(args.T)
     args.data_root = str(resolve_data_root("cifar10", args.data_root, download=args.download))
     names = list_methods() if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
-    methods = [cpu_budget(get_method(m, "cifar10"), args.ftbc_iterations) for m in names]
+    methods = quick_methods(names, args.ftbc_iterations)
     progress = not args.quiet
     needs = sorted({m.activation for m in methods})
     epochs = training_epochs(args)
@@ -147,8 +144,8 @@ def main(args: argparse.Namespace) -> int:
                                           test_batches=test_batches, ann_accuracy=ann_acc, seed=args.seed,
                                           device=args.device, progress=progress)
         write_outputs(out / method.name, accuracy, activity,
-                      dict(config=vars(args), method=method_record(method), checkpoint=meta, ann_accuracy=ann_acc,
-                           **details))
+                      dict(config=vars(args), method=method_record(method, budget=BUDGET), checkpoint=meta,
+                           ann_accuracy=ann_acc, **details))
         frames.append(accuracy[accuracy["t"].isin(Ts)])
     table = pivot(pd.concat(frames, ignore_index=True))
     write_text(out / "table.csv", table.to_csv())

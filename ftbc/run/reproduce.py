@@ -147,10 +147,10 @@ def budgeted(method, *, n_train: int, ftbc_images: int, wc_iterations: int, mse_
         changes.update(threshold_batch_size=bs, threshold_batches=min(method.threshold_batches, n_train // bs))
     if method.threshold == "mse" and mse_positions is not None:
         changes["threshold_positions"] = mse_positions
-    from ftbc.snn.stages import STAGES
+    from ftbc.snn.stages import stage_settings
 
     for stage in method.stages:
-        p = {**STAGES[stage.name].defaults, **stage.params}
+        p = stage_settings(stage)
         if stage.name == "ftbc":
             bs = min(p["batch_size"], n_train)
             batches = min(p["batches"], n_train // bs)

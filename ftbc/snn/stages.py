@@ -40,6 +40,15 @@ def register_stage(name: str, *, t_dependent: bool, defaults: Mapping[str, Any] 
     return deco
 
 
+def stage_settings(stage: Any) -> dict[str, Any]:
+    """Every parameter ``stage`` runs with: the registered stage's defaults, its own ``params`` on top."""
+    try:
+        spec = STAGES[stage.name]
+    except KeyError:
+        raise ValueError(f"unknown calibration stage {stage.name!r}; registered: {sorted(STAGES)}") from None
+    return {**spec.defaults, **stage.params}
+
+
 def run_stages(snn: nn.Module, stages: Sequence[Any], ctx: Any) -> dict[str, float]:
     """Run each stage in order; returns wall time per stage (``<name>_s``)."""
     timings = {}
@@ -52,7 +61,7 @@ def run_stages(snn: nn.Module, stages: Sequence[Any], ctx: Any) -> dict[str, flo
         if unknown:
             raise ValueError(f"stage {stage.name!r} has no parameter(s) {sorted(unknown)}; it takes {sorted(spec.defaults)}")
         t0 = time.perf_counter()
-        spec.fn(snn, ctx, **{**spec.defaults, **stage.params})
+        spec.fn(snn, ctx, **stage_settings(stage))
         timings[f"{stage.name}_s"] = time.perf_counter() - t0
         logger.info("T=%d: stage %s done in %.1f s", ctx.T, stage.name, timings[f"{stage.name}_s"])
     return timings

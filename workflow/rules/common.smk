@@ -80,7 +80,8 @@ def get_checkpoint(wildcards):
 
 def get_method_args(wildcards):
     ev = get_evaluation(wildcards)
-    args = [f"--set {k}={v}" for k, v in ev.settings]
+    args = [f"--budget {ev.budget}"] if ev.budget != "release" else []
+    args += [f"--set {k}={v}" for k, v in ev.settings]
     ho = config["evaluation"]
     if ho["holdout"] and ev.method in ho["holdout_methods"]:
         args.append(f"--holdout {ho['holdout']}")
