@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ftbc.data.calibration_pool import CROP_FLIP
+from ftbc.models.activations import ACTIVATIONS
 from ftbc.snn.calibration import ftbc_stage  # noqa: F401  (importing it registers the "ftbc" stage)
 from ftbc.snn.stages import STAGES
 from ftbc.snn.thresholds import RULES, get_rule
 
-ACTIVATIONS = ("relu", "qcfs", "clip")
 
 
 @dataclass(frozen=True)
