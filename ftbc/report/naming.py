@@ -22,6 +22,9 @@ PUBLISHED_ARCH: dict[str, list[str]] = {
 
 
 NAMING = ("label", "family", "calibration", "rank")
+# The files of one ``ftbc evaluate`` output folder, by the workflow rule's output names: written by
+# ftbc.run.evaluation, read by the tables and figures, the rules' outputs (ftbc.run.grid.eval_files).
+RUN_FILES = {"result": "result.json", "accuracy": "accuracy.csv", "activity": "activity.csv"}
 
 
 def naming(method: dict[str, Any]) -> dict[str, Any]:

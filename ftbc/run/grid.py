@@ -173,10 +173,37 @@ def evaluations(config: dict) -> list[Evaluation]:
     return jobs
 
 
-# -- paths (the rules use the same patterns with wildcards) ---------------------------------
+# -- paths: one template per job folder; grid fills it for a job, the rules (common.smk) with
+# their wildcards through rule_pattern ------------------------------------------------------
 
-ANN_DIR = "{work}/ann/{dataset}/{arch}/{act}/seed{seed}"
-EVAL_DIR = "{work}/snn/{dataset}/{arch}/seed{seed}/{method}/cal{calib_seed}/T{steps}"
+ANN_KEY = "{dataset}/{arch}/{act}/seed{seed}"
+EVAL_KEY = "{dataset}/{arch}/seed{seed}/{method}/cal{calib_seed}/T{steps}"
+ANN_DIR = "{work}/ann/" + ANN_KEY
+EVAL_DIR = "{work}/snn/" + EVAL_KEY
+DATA_INFO = "{work}/data/{dataset}.json"
+# the rules' wildcard for each template field (the calibration seed is {cseed} there)
+WILDCARDS = {"dataset": "{dataset}", "arch": "{arch}", "act": "{act}", "seed": "{seed}", "method": "{method}",
+             "calib_seed": "{cseed}", "steps": "{steps}"}
+
+
+def rule_pattern(template: str, **fixed: str) -> str:
+    """``template`` with the rules' wildcards in its fields (``fixed`` fills others, e.g. ``work``)."""
+    return template.format(**{**WILDCARDS, **fixed})
+
+
+def ann_files() -> dict[str, str]:
+    """The files of an ANN folder by the train rule's output names: the weights and their sidecar."""
+    from ftbc._io import sidecar_path
+    from ftbc.models.checkpoint import CHECKPOINT_NAME
+
+    return {"weights": CHECKPOINT_NAME, "meta": sidecar_path(CHECKPOINT_NAME).name}
+
+
+def eval_files() -> dict[str, str]:
+    """The files of an evaluation folder by the evaluate rule's output names."""
+    from ftbc.report.naming import RUN_FILES
+
+    return dict(RUN_FILES)
 
 
 def ann_dir(config: dict, ann: Ann) -> str:
@@ -185,13 +212,18 @@ def ann_dir(config: dict, ann: Ann) -> str:
 
 def checkpoint_path(config: dict, ann: Ann) -> str:
     """The ANN's weights: the given checkpoint, or where the training rule writes them."""
-    return ann.checkpoint or f"{ann_dir(config, ann)}/model.safetensors"
+    return ann.checkpoint or f"{ann_dir(config, ann)}/{ann_files()['weights']}"
 
 
 def eval_dir(config: dict, ev: Evaluation) -> str:
     a = ev.ann
     return EVAL_DIR.format(work=config["workdir"], dataset=a.dataset, arch=a.arch, seed=a.seed,
                            method=ev.method, calib_seed=ev.calib_seed, steps=ev.steps)
+
+
+def result_path(config: dict, ev: Evaluation) -> str:
+    """The evaluation's ``result.json``, which the tables rule reads."""
+    return f"{eval_dir(config, ev)}/{eval_files()['result']}"
 
 
 def evaluation_key(ev: Evaluation) -> tuple[str, str, int, str, int, str]:

@@ -25,6 +25,14 @@ ANNS = grid.anns(config)
 EVALUATIONS = grid.evaluations(config)
 ANN_INDEX = {a.key: a for a in ANNS}
 EVAL_INDEX = {grid.evaluation_key(ev): ev for ev in EVALUATIONS}
+# the jobs' paths with wildcards, from grid's templates (grid fills the same ones for each job)
+DATA_INFO = grid.rule_pattern(grid.DATA_INFO, work=WORK)
+ANN_DIR = grid.rule_pattern(grid.ANN_DIR, work=WORK)
+ANN_KEY = grid.rule_pattern(grid.ANN_KEY)
+EVAL_DIR = grid.rule_pattern(grid.EVAL_DIR, work=WORK)
+EVAL_KEY = grid.rule_pattern(grid.EVAL_KEY)
+ANN_FILES = {name: f"{ANN_DIR}/{file}" for name, file in grid.ann_files().items()}
+EVAL_FILES = {name: f"{EVAL_DIR}/{file}" for name, file in grid.eval_files().items()}
 
 
 wildcard_constraints:
@@ -50,7 +58,7 @@ def get_tables():
 
 
 def get_evaluation_results(wildcards=None):
-    return [f"{grid.eval_dir(config, ev)}/result.json" for ev in EVALUATIONS]
+    return [grid.result_path(config, ev) for ev in EVALUATIONS]
 
 
 def get_ann(wildcards):

@@ -1,7 +1,7 @@
 rule prepare_data:
     """Check a dataset once (extracting an archive), and cache CIFAR's decoded images."""
     output:
-        f"{WORK}/data/{{dataset}}.json",
+        DATA_INFO,
     log:
         f"{LOGS}/prepare_data/{{dataset}}.log",
     conda:
