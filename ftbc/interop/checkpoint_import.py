@@ -311,7 +311,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--arch", required=True,
                    help="the suite's model for it: " + "; ".join(f"{r}: {', '.join(t)}" for r, t in LAYOUTS.items()))
     p.add_argument("--dataset", default=None,
-                   help="cifar10, cifar100 or imagenet (default: from the classifier's outputs, 10 / 100 / 1000)")
+                   help=f"{ftbc_data.DATASET_NAMES_TEXT} (default: from the classifier's outputs, "
+                        f"{' / '.join(str(ftbc_data.DATASETS[d].num_classes) for d in ftbc_data.DATASET_NAMES)})")
     p.add_argument("--num-classes", type=int, default=None, help="check the classifier has this many outputs")
     p.add_argument("--act", default=None, choices=ACTIVATIONS,
                    help="activation (default the release's: qcfs for QCFS, relu for SNNC, clip for RTS; "

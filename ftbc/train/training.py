@@ -277,7 +277,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Train an ANN (ReLU, QCFS or clipped ReLU) from a recipe.",
                                 add_help=add_help)
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="cifar10", help="cifar10, cifar100 or imagenet (default cifar10)")
+    g.add_argument("--dataset", default="cifar10", help=f"{ftbc_data.DATASET_NAMES_TEXT} (default cifar10)")
     g.add_argument("--data-root", default="auto",
                    help="dataset folder or .tar.gz; 'auto' (default) finds the CIFAR-10 copy (docs/data.md)")
     g.add_argument("--download", action="store_true", help="download the dataset if torchvision can")

@@ -3,6 +3,8 @@
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from ftbc.data.datasets import DATASET_NAMES
+from ftbc.models.activations import ACTIVATIONS
 from ftbc.run import grid
 from ftbc.errors import UserError
 from ftbc.report.naming import figure_name
@@ -36,8 +38,8 @@ EVAL_FILES = {name: f"{EVAL_DIR}/{file}" for name, file in grid.eval_files().ite
 
 
 wildcard_constraints:
-    dataset="cifar10|cifar100|imagenet",
-    act="relu|qcfs|clip",
+    dataset="|".join(DATASET_NAMES),
+    act="|".join(ACTIVATIONS),
     seed=r"\d+",
     cseed=r"\d+",
     steps=r"\d+(-\d+)?",
