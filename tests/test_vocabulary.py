@@ -164,6 +164,28 @@ def test_the_rules_outputs_are_the_paths_grid_builds(tmp_path):
     assert outputs["prepare_data"] == {grid.DATA_INFO.format(work=work, dataset=d) for d in grid.datasets(config)}
 
 
+# -- the papers: ftbc.models.papers.PAPERS (models' paper_name, methods' reference) -------------------
+
+def test_models_and_methods_read_their_papers():
+    import timm
+
+    from baselines import get_method, list_methods
+    from ftbc.models import list_models
+    from ftbc.models.papers import PAPERS
+
+    titles = {p.title for p in PAPERS.values()}
+    for name in list_models():
+        paper = timm.models.get_pretrained_cfg(name).to_dict().get("paper_name")
+        assert paper is None or paper in titles, (name, paper)
+    assert timm.models.get_pretrained_cfg("resnet20_qcfs").to_dict()["paper_name"] == PAPERS["qcfs"].title
+    assert PAPERS["snnc"].cite == "Li et al., ICML 2021"
+    for name in list_methods():
+        ref = get_method(name).reference
+        assert name == "maxnorm" or ref in {p.reference for p in PAPERS.values()}, (name, ref)
+    assert get_method("qcfs").reference == PAPERS["qcfs"].reference
+    assert get_method("maxnorm").reference == "Rueckauer et al. 2017; SNN Calibration's release (Li et al., ICML 2021)"
+
+
 # -- no restatement comes back ----------------------------------------------------------------------
 
 RESTATEMENTS = [  # (a literal a restatement would bring back, the one file allowed to hold it)
@@ -173,12 +195,30 @@ RESTATEMENTS = [  # (a literal a restatement would bring back, the one file allo
     (r'"result\.json"|"activity\.csv"', "ftbc/report/naming.py"),  # accuracy.csv also names the tables' file
     (r"init_lambda: float = 8|DEFAULT_INIT_LAMBDA = 8", "ftbc/models/activations.py"),
     (r"/snn/\{\{dataset|/ann/\{\{dataset|/data/\{\{dataset", None),
+    (r"A Free Lunch From ANN:|Optimized Potential Initialization for|Optimal ANN-SNN Conversion for|"
+     r"Optimal Conversion of Conventional|FTBC: Forward Temporal", "ftbc/models/papers.py"),
 ]
+
+
+def _code(path: Path) -> str:
+    """The file's text, its docstrings blanked (prose may name a paper or a file)."""
+    text = path.read_text()
+    if path.suffix != ".py":
+        return text
+    import ast
+
+    lines = text.splitlines()
+    for node in ast.walk(ast.parse(text)):
+        documented = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+        if isinstance(node, documented) and ast.get_docstring(node):
+            doc = node.body[0]
+            lines[doc.lineno - 1:doc.end_lineno] = [""] * (doc.end_lineno - doc.lineno + 1)
+    return "\n".join(lines)
 
 
 @pytest.mark.parametrize("pattern, home", RESTATEMENTS)
 def test_no_restatement_in_the_code(pattern, home):
     files = [*ROOT.glob("ftbc/**/*.py"), *ROOT.glob("baselines/*.py"), *ROOT.glob("workflow/rules/*.smk"),
              ROOT / "Snakefile"]
-    found = sorted(str(f.relative_to(ROOT)) for f in files if re.search(pattern, f.read_text()))
+    found = sorted(str(f.relative_to(ROOT)) for f in files if re.search(pattern, _code(f)))
     assert set(found) <= ({home} if home else set()), found
