@@ -75,6 +75,14 @@ def test_model_normalisation_reads_the_dataset_table():
     assert _factory.imagenet_cfg()["std"] == DATASETS["imagenet"].std
 
 
+def test_calibration_transforms_have_one_home():
+    from ftbc.data.calibration_pool import TRANSFORMS
+    from ftbc.run.evaluation import get_args_parser as evaluate_parser
+
+    assert tuple(_choices(evaluate_parser(), "--calibration-transform").choices) == TRANSFORMS
+    assert SCHEMA["properties"]["evaluation"]["properties"]["calibration_transform"]["enum"] == list(TRANSFORMS)
+
+
 # -- QCFS defaults (L, initial lambda) and the clip level: ftbc.models.activations / checkpoint ------
 
 def test_qcfs_defaults_have_one_home():

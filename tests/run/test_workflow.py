@@ -133,11 +133,11 @@ def test_a_bad_configuration_fails_before_any_job_with_one_clear_line(override, 
 
 def test_building_the_dag_imports_no_plotting_library(tmp_path):
     """The DAG needs the figures' file names (ftbc.report.naming.figure_name), not matplotlib: a dry run of the smoke grid
-    under ``python -X importtime`` imports ftbc.grid and neither matplotlib nor ftbc.plots."""
+    under ``python -X importtime`` imports ftbc.run.grid and neither matplotlib nor ftbc.report.plots."""
     r = snakemake("-n", "--configfile", ".test/config/config.yaml", "--config", f"workdir={tmp_path}/w",
                   f"results={tmp_path}/t", python_flags=("-X", "importtime"))
     assert r.returncode == 0, r.stdout + r.stderr
     imported = re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)\s*$", r.stderr, re.M)
-    assert "ftbc.grid" in imported, "the import trace does not show the workflow's own imports"
-    plotting = [m for m in imported if m.split(".")[0] == "matplotlib" or m == "ftbc.plots"]
+    assert "ftbc.run.grid" in imported, "the import trace does not show the workflow's own imports"
+    plotting = [m for m in imported if m.split(".")[0] == "matplotlib" or m == "ftbc.report.plots"]
     assert not plotting, f"building the DAG imported {', '.join(plotting[:5])}"
