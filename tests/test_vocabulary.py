@@ -135,6 +135,10 @@ def test_rule_patterns_are_grid_templates_with_wildcards():
     assert grid.eval_dir(config, ev) == "w/snn/cifar10/resnet20/seed2/ftbc_qcfs/cal3/T1-32"
     assert grid.result_path(config, ev) == "w/snn/cifar10/resnet20/seed2/ftbc_qcfs/cal3/T1-32/result.json"
     assert grid.checkpoint_path(config, ann) == "w/ann/cifar10/resnet20/qcfs/seed2/model.safetensors"
+    assert grid.rule_pattern(grid.DATA_INFO, work="w") == "w/data/{dataset}.json"
+    assert grid.DATA_INFO == grid.DATA_DIR + ".json"
+    subset = {"workdir": "w", "data_root": "/x", "data_subset": {"train_per_class": 2}}
+    assert grid.data_root(subset, "cifar10") == grid.DATA_DIR.format(work="w", dataset="cifar10") == "w/data/cifar10"
     assert grid.ann_files() == {"weights": "model.safetensors", "meta": "model.json"}
     assert grid.eval_files() == {"result": "result.json", "accuracy": "accuracy.csv", "activity": "activity.csv"}
 

@@ -180,7 +180,8 @@ ANN_KEY = "{dataset}/{arch}/{act}/seed{seed}"
 EVAL_KEY = "{dataset}/{arch}/seed{seed}/{method}/cal{calib_seed}/T{steps}"
 ANN_DIR = "{work}/ann/" + ANN_KEY
 EVAL_DIR = "{work}/snn/" + EVAL_KEY
-DATA_INFO = "{work}/data/{dataset}.json"
+DATA_DIR = "{work}/data/{dataset}"  # an archive extracted, a subset copied (data_root)
+DATA_INFO = DATA_DIR + ".json"
 # the rules' wildcard for each template field (the calibration seed is {cseed} there)
 WILDCARDS = {"dataset": "{dataset}", "arch": "{arch}", "act": "{act}", "seed": "{seed}", "method": "{method}",
              "calib_seed": "{cseed}", "steps": "{steps}"}
@@ -236,7 +237,8 @@ def data_root(config: dict, dataset: str) -> str:
     from ftbc.data.prepare import is_archive
 
     raw = raw_data_root(config, dataset)
-    return str(Path(config["workdir"]) / "data" / dataset) if is_archive(raw) or subset_args(config) else raw
+    extracted = str(Path(DATA_DIR.format(work=config["workdir"], dataset=dataset)))
+    return extracted if is_archive(raw) or subset_args(config) else raw
 
 
 def subset_args(config: dict) -> str:

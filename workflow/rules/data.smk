@@ -8,7 +8,7 @@ rule prepare_data:
         "../../environment.yml"
     params:
         root=lambda wc: grid.raw_data_root(config, wc.dataset),
-        extract=lambda wc: f"--extract-to {WORK}/data/{wc.dataset}",
+        extract=lambda wc: f"--extract-to {grid.DATA_DIR.format(work=WORK, dataset=wc.dataset)}",
         download="--download" if config["download"] else "",
         subset=grid.subset_args(config),
     shell:
