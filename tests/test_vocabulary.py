@@ -39,6 +39,15 @@ def test_activation_names_have_one_home():
     assert reproduce.ACT_ORDER is ACTIVATIONS
     assert tuple(_choices(train_parser(), "--act").choices) == ACTIVATIONS
     assert tuple(_choices(import_parser(), "--act").choices) == ACTIVATIONS
+    # each activation's settings (ACT_KWARGS) are the ftbc train options that apply to it
+    from ftbc.errors import TrainingError
+    from ftbc.models.activations import ACT_KWARGS
+
+    assert list(ACT_KWARGS) == list(ACTIVATIONS)
+    for act in ACTIVATIONS:
+        for other in set(ACT_KWARGS["qcfs"] + ACT_KWARGS["clip"]) - set(ACT_KWARGS[act]):
+            with pytest.raises(TrainingError, match="does not apply"):
+                checkpoint.resolve_act_kwargs(act, "cifar10", **{other: 1})
     # the schema cannot import it: its enum and the per-activation checkpoint keys equal it
     assert ANN_ENTRY["activations"]["items"]["enum"] == list(ACTIVATIONS)
     assert list(ANN_ENTRY["checkpoints"]["properties"]) == list(ACTIVATIONS)

@@ -15,7 +15,7 @@ from ftbc import models as ftbc_models
 from ftbc._io import load_checkpoint
 from ftbc.data import datasets as ftbc_data
 from ftbc.errors import CheckpointError, TrainingError
-from ftbc.models.activations import ACTIVATIONS, QCFS_DEFAULT_INIT_LAMBDA, QCFS_DEFAULT_L
+from ftbc.models.activations import ACT_KWARGS, ACTIVATIONS, QCFS_DEFAULT_INIT_LAMBDA, QCFS_DEFAULT_L
 
 ACTS = ACTIVATIONS  # the single list: ftbc.models.activations.ACTIVATIONS
 # Clip level of RTS's clipped ReLU by dataset (docs/methods.md section 4).
@@ -60,7 +60,7 @@ def resolve_act_kwargs(act: str, dataset: str, *, arch: str | None = None, L: in
     if act not in ACTS:
         raise TrainingError(f"unknown activation {act!r} (choose from {', '.join(ACTS)})")
     given = {"--L": L, "--init-lambda": init_lambda, "--y-th": y_th}
-    allowed = {"relu": (), "qcfs": ("--L", "--init-lambda"), "clip": ("--y-th",)}[act]
+    allowed = tuple("--" + k.replace("_", "-") for k in ACT_KWARGS[act])  # the settings of ACT_KWARGS as options
     wrong = [k for k, v in given.items() if v is not None and k not in allowed]
     if wrong:
         raise TrainingError(f"{', '.join(wrong)} does not apply to --act {act}")
