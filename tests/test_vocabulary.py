@@ -182,6 +182,10 @@ def test_the_rules_outputs_are_the_paths_grid_builds(tmp_path):
                                        for f in grid.eval_files().values()}
     assert outputs["train_ann"] == {f"{grid.ann_dir(config, a)}/{f}" for a in grid.anns(config)
                                     for f in grid.ann_files().values()}
+    from ftbc.report.naming import ITERATIONS_FIGURE, TABLE_FILES
+
+    assert {f"{tmp_path}/t/{f}" for f in TABLE_FILES.values()} | {f"{tmp_path}/t/figures/{ITERATIONS_FIGURE}"} \
+        <= outputs["tables"]
     assert outputs["prepare_data"] == {grid.DATA_INFO.format(work=work, dataset=d) for d in grid.datasets(config)}
 
 
@@ -215,6 +219,7 @@ RESTATEMENTS = [  # (a literal a restatement would bring back, the one file allo
     (r"""["']relu["'],\s*["']qcfs["'],\s*["']clip["']""", None),
     (r'"result\.json"|"activity\.csv"', "ftbc/report/naming.py"),  # accuracy.csv also names the tables' file
     (r"init_lambda: float = 8|DEFAULT_INIT_LAMBDA = 8", "ftbc/models/activations.py"),
+    (r'"spikes\.csv"|"summary\.csv"|ftbc_iterations\.png', "ftbc/report/naming.py"),
     (r"/snn/\{\{dataset|/ann/\{\{dataset|/data/\{\{dataset", None),
     (r"A Free Lunch From ANN:|Optimized Potential Initialization for|Optimal ANN-SNN Conversion for|"
      r"Optimal Conversion of Conventional|FTBC: Forward Temporal", "ftbc/models/papers.py"),

@@ -26,7 +26,8 @@ from ftbc._io import write_text
 from ftbc.energy import E_AC_PJ, ann_energy_uj, snn_energy_uj
 from ftbc.errors import UserError
 from ftbc.options import parse_T
-from ftbc.report.naming import NAMING, RUN_FILES, load_published, match_published, naming, row_order
+from ftbc.report.naming import (ITERATIONS_FIGURE, NAMING, RUN_FILES, TABLE_FILES, load_published, match_published,
+                                naming, row_order)
 
 # seed: the calibration seed; ann_seed: the seed the ANN was trained with (a grid may vary both)
 KEYS = ["dataset", "arch", "activation", "method", "ann_seed", "seed"]
@@ -300,9 +301,9 @@ def main(args: argparse.Namespace) -> int:
     spikes = collect_spikes(args.runs)
     published = load_published(args.published)
     summary = summarize(acc, published, spikes, Ts)
-    write_text(out / "accuracy.csv", acc.to_csv(index=False))
-    write_text(out / "spikes.csv", spikes.to_csv(index=False))
-    write_text(out / "summary.csv", summary.to_csv(index=False))
+    write_text(out / TABLE_FILES["accuracy"], acc.to_csv(index=False))
+    write_text(out / TABLE_FILES["spikes"], spikes.to_csv(index=False))
+    write_text(out / TABLE_FILES["summary"], summary.to_csv(index=False))
     style = args.published_style
     for dataset in sorted(summary["dataset"].unique()):
         caption = (f"SNN top-1 accuracy (%) on {dataset} at each T: ours (mean ± std over runs; the best per "
@@ -321,7 +322,7 @@ def main(args: argparse.Namespace) -> int:
                    "Conversion gap (ANN - SNN, points) against the published gap at each T; calibration "
                    "wall time per run.\n\n" + to_markdown(gap_table(summary, dataset)))
         plot_accuracy_vs_T(acc, published, dataset, figures)
-    plot_iterations([_run_dir(r) for r in args.runs], figures / "ftbc_iterations.png")
+    plot_iterations([_run_dir(r) for r in args.runs], figures / ITERATIONS_FIGURE)
     write_text(out / "run.yaml", yaml.safe_dump({**vars(args), "runs": len(args.runs)}, sort_keys=False))
     print(f"{len(acc)} rows from {len(args.runs)} runs -> {out}")
     return 0

@@ -7,7 +7,7 @@ from ftbc.data.datasets import DATASET_NAMES
 from ftbc.models.activations import ACTIVATIONS
 from ftbc.run import grid
 from ftbc.errors import UserError
-from ftbc.report.naming import figure_name
+from ftbc.report.naming import ITERATIONS_FIGURE, TABLE_FILES, figure_name
 
 try:
     validate(config, "../schemas/config.schema.yaml", set_default=True)
@@ -52,11 +52,11 @@ def get_final_output():
 
 
 def get_tables():
-    out = [f"{RESULTS}/{name}" for name in ("accuracy.csv", "spikes.csv", "summary.csv")]
+    out = [f"{RESULTS}/{name}" for name in TABLE_FILES.values()]
     for d in grid.datasets(config):
         out += [f"{RESULTS}/{d}.md", f"{RESULTS}/{d}.tex", f"{RESULTS}/{d}.html"]
     out += [f"{RESULTS}/figures/{figure_name(d, a)}" for d, a in grid.figure_keys(config)]
-    return out + [f"{RESULTS}/figures/ftbc_iterations.png"]
+    return out + [f"{RESULTS}/figures/{ITERATIONS_FIGURE}"]
 
 
 def get_evaluation_results(wildcards=None):
