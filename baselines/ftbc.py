@@ -20,11 +20,12 @@ import dataclasses
 from typing import Any, Mapping
 
 from baselines import Method, Stage, register_method
+from ftbc.models.papers import PAPERS
 from baselines.qcfs import QCFS
 from baselines.rts import RTS
 from baselines.snnc import SNNC_LIGHT
 
-REFERENCE = "Wu et al., FTBC: Forward Temporal Bias Correction for Optimizing ANN-SNN Conversion, ECCV 2024"
+REFERENCE = PAPERS["ftbc"].reference
 
 
 def with_ftbc(base: Method, name: str, params: Mapping[str, Any],

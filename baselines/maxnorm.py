@@ -10,6 +10,7 @@ the shift theta / (2T) at every step (``snnc_none``, registered in
 """
 
 from baselines import Method, register_method
+from ftbc.models.papers import PAPERS
 from ftbc.data.calibration_pool import SNNC_LOADER
 
 MAXNORM = register_method(Method(
@@ -23,5 +24,5 @@ MAXNORM = register_method(Method(
     calibration_augmentation=SNNC_LOADER,  # the "max" path of SNN Calibration's release, its loader
     summary="ReLU ANN, max-activation thresholds (EMA of batch maxima), no shift, no calibration "
             "(not SNNC's 'none' row: snnc_none)",
-    reference="Rueckauer et al. 2017; SNN Calibration's release (Li et al., ICML 2021)",
+    reference=f"Rueckauer et al. 2017; SNN Calibration's release ({PAPERS['snnc'].cite})",
 ))

@@ -9,6 +9,7 @@ import line in ``baselines/__init__.py``.
 """
 
 from baselines import Method, register_method
+from ftbc.models.papers import PAPERS
 
 OPI = register_method(Method(
     name="opi",
@@ -19,5 +20,5 @@ OPI = register_method(Method(
     threshold_reduce="ema",
     v0=0.5,
     summary="ReLU ANN, max thresholds, initial potential theta/2",
-    reference="Bu et al., Optimized Potential Initialization for Low-latency SNNs, AAAI 2022",
+    reference=PAPERS["opi"].reference,
 ))

@@ -8,6 +8,7 @@ for any T, so nothing depends on T and one T_max run gives every prefix.
 """
 
 from baselines import Method, register_method
+from ftbc.models.papers import PAPERS
 from ftbc.data.calibration_pool import QCFS_LOADER
 
 QCFS = register_method(Method(
@@ -20,5 +21,5 @@ QCFS = register_method(Method(
     calibration_augmentation=QCFS_LOADER,  # FTBC's QCFS path: the QCFS loader (crop, flip, AutoAugment, Cutout 16)
     threshold_batches=1,  # theta comes from the weights; one batch only checks the wiring
     summary="QCFS-activation ANN, theta = lambda, v(0) = theta/2",
-    reference="Bu et al., Optimal ANN-SNN Conversion for High-accuracy and Ultra-low-latency SNNs, ICLR 2022",
+    reference=PAPERS["qcfs"].reference,
 ))

@@ -24,6 +24,7 @@ variant on RTS inherits the setting.
 from dataclasses import dataclass
 
 from baselines import Method, register_method
+from ftbc.models.papers import PAPERS
 
 
 @dataclass(frozen=True)
@@ -48,5 +49,5 @@ RTS = register_method(Method(
     shift_after_add=False,
     spiking_classifier=True,
     summary="clipped-ReLU ANN, theta = max activation, shift theta/2T (not after residual adds), spiking classifier",
-    reference="Deng & Gu, Optimal Conversion of Conventional ANNs to SNNs, ICLR 2021",
+    reference=PAPERS["rts"].reference,
 ))

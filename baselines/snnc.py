@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from baselines import Method, Stage, register_method
+from ftbc.models.papers import PAPERS
 from ftbc.snn.calibration import ann_output, layerwise_pass, rate_pass, resolve_order, time_means
 from ftbc.snn.ftbc_solvers import channel_mean
 from ftbc.snn.stages import register_stage
@@ -195,7 +196,7 @@ _COMMON = dict(
     v0=0.0,
     shift=True,
     calibration_augmentation=SNNC_LOADER,  # the release's loader: crop, flip, AutoAugment, Cutout 16
-    reference="Li et al., A Free Lunch From ANN: Towards Efficient, Accurate SNN Calibration, ICML 2021",
+    reference=PAPERS["snnc"].reference,
     family="SNN Calibration",
 )
 

@@ -55,6 +55,10 @@ DATASETS: dict[str, DatasetInfo] = {
     "cifar100": DatasetInfo("cifar100", 100, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761), 32),
     "imagenet": DatasetInfo("imagenet", 1000, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 224),
 }
+# The dataset names (the single list: CLI help, workflow wildcards; the config schema's enums are tested
+# against it), and as the CLI help words them.
+DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)
+DATASET_NAMES_TEXT = ", ".join(DATASET_NAMES[:-1]) + " or " + DATASET_NAMES[-1]
 
 # CIFAR label order (alphabetical, as torchvision's CIFAR10/CIFAR100 ``classes``). A
 # checkpoint trained on either copy expects label i = class i, so folders must match.

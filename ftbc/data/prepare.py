@@ -208,8 +208,10 @@ def prepare(dataset: str, root: str | Path, *, extract_to: str | Path | None = N
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    from ftbc.data.datasets import DATASET_NAMES_TEXT
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=add_help)
-    p.add_argument("--dataset", required=True, help="cifar10, cifar100 or imagenet")
+    p.add_argument("--dataset", required=True, help=DATASET_NAMES_TEXT)
     p.add_argument("--data-root", default=AUTO,
                    help="dataset folder, or a .tar.gz of one; 'auto' (default) looks in the checkout's data/, "
                         f"then ../shared/data/, then ${ROOT_ENV}")

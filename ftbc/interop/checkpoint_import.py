@@ -35,9 +35,10 @@ from ftbc.data import datasets as ftbc_data
 from ftbc import models as ftbc_models
 from ftbc._io import save_checkpoint, sha256_file
 from ftbc.errors import CheckpointError, UserError
+from ftbc.models.activations import ACTIVATIONS
 from ftbc.interop.release_layouts import LAYOUTS, RELEASE_NAMES, Layout, choose_layout
-from ftbc.models.checkpoint import (CHECKPOINT_NAME, activation_values, load_model, resolve_act_kwargs,
-                                    state_mismatch)
+from ftbc.models.checkpoint import (CHECKPOINT_NAME, QCFS_L_HELP, Y_TH_HELP, activation_values, load_model,
+                                    resolve_act_kwargs, state_mismatch)
 from ftbc._io import git_commit
 
 FORMAT = "ftbc.ann.v1"
@@ -310,16 +311,16 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--arch", required=True,
                    help="the suite's model for it: " + "; ".join(f"{r}: {', '.join(t)}" for r, t in LAYOUTS.items()))
     p.add_argument("--dataset", default=None,
-                   help="cifar10, cifar100 or imagenet (default: from the classifier's outputs, 10 / 100 / 1000)")
+                   help=f"{ftbc_data.DATASET_NAMES_TEXT} (default: from the classifier's outputs, "
+                        f"{' / '.join(str(ftbc_data.DATASETS[d].num_classes) for d in ftbc_data.DATASET_NAMES)})")
     p.add_argument("--num-classes", type=int, default=None, help="check the classifier has this many outputs")
-    p.add_argument("--act", default=None, choices=("qcfs", "relu", "clip"),
+    p.add_argument("--act", default=None, choices=ACTIVATIONS,
                    help="activation (default the release's: qcfs for QCFS, relu for SNNC, clip for RTS; "
                         "relu for an RTS net trained with --thresh 0)")
     p.add_argument("--L", type=int, default=None,
-                   help="QCFS quantisation steps, not stored in the file (default as ftbc train: 4 CIFAR, "
-                        "8 ImageNet ResNet-34, 16 ImageNet VGG-16)")
+                   help=f"QCFS quantisation steps, not stored in the file (default as ftbc train: {QCFS_L_HELP})")
     p.add_argument("--y-th", type=float, default=None,
-                   help="RTS clip level, the release's --thresh (default 1 CIFAR-10, 2 CIFAR-100, 3 ImageNet)")
+                   help=f"RTS clip level, the release's --thresh (default {Y_TH_HELP})")
     p.add_argument("--out", required=True, help="output folder (model.safetensors, model.json)")
     return p
 

@@ -19,6 +19,8 @@ from timm.models import build_model_with_cfg
 from timm.models import register_model as _timm_register_model
 from torch import nn
 
+from ftbc.data.datasets import DATASETS
+
 from .activations import ACT_KWARGS, get_act_layer
 
 __all__ = ["register_model", "list_models", "create_model", "build_model", "cifar_cfg", "imagenet_cfg"]
@@ -28,11 +30,10 @@ F = TypeVar("F", bound=Callable[..., nn.Module])
 _ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
 _ACT_KEYS = tuple(sorted({k for keys in ACT_KWARGS.values() for k in keys}))
 
-# Normalisation of the releases (docs/methods.md section 7); CIFAR-100 recipes override it.
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2023, 0.1994, 0.2010)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# Normalisation of the releases (docs/methods.md section 7), from the dataset table
+# (ftbc.data.datasets.DATASETS, its single home); CIFAR-100 recipes override it.
+CIFAR10_MEAN, CIFAR10_STD = DATASETS["cifar10"].mean, DATASETS["cifar10"].std
+IMAGENET_MEAN, IMAGENET_STD = DATASETS["imagenet"].mean, DATASETS["imagenet"].std
 
 
 def cifar_cfg(**kwargs: Any) -> dict[str, Any]:

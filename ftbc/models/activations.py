@@ -69,6 +69,12 @@ class _QCFSFunction(torch.autograd.Function):
         return gz.to(ctx.z_dtype) if ctx.needs_input_grad[0] else None, grad_lam, None
 
 
+# QCFS defaults when nothing else says: L of QCFS's CIFAR setting (the per-dataset table is
+# ftbc/models/checkpoint.py QCFS_L) and the initial clipping level lambda.
+QCFS_DEFAULT_L = 4
+QCFS_DEFAULT_INIT_LAMBDA = 8.0
+
+
 class QCFS(nn.Module):
     """Quantisation-clip-floor-shift activation (QCFS, ICLR 2022).
 
@@ -92,7 +98,7 @@ class QCFS(nn.Module):
         any; ``lam`` is one trainable scalar (shape ``()``) per layer.
     """
 
-    def __init__(self, L: int = 4, init_lambda: float = 8.0) -> None:
+    def __init__(self, L: int = QCFS_DEFAULT_L, init_lambda: float = QCFS_DEFAULT_INIT_LAMBDA) -> None:
         super().__init__()
         if int(L) != L or L < 1:
             raise ValueError(f"QCFS needs an integer L >= 1, got {L!r}")

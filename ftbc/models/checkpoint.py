@@ -15,8 +15,9 @@ from ftbc import models as ftbc_models
 from ftbc._io import load_checkpoint
 from ftbc.data import datasets as ftbc_data
 from ftbc.errors import CheckpointError, TrainingError
+from ftbc.models.activations import ACT_KWARGS, ACTIVATIONS, QCFS_DEFAULT_INIT_LAMBDA, QCFS_DEFAULT_L
 
-ACTS = ("relu", "qcfs", "clip")
+ACTS = ACTIVATIONS  # the single list: ftbc.models.activations.ACTIVATIONS
 # Clip level of RTS's clipped ReLU by dataset (docs/methods.md section 4).
 DEFAULT_Y_TH = {"cifar10": 1.0, "cifar100": 2.0, "imagenet": 3.0}
 # QCFS quantisation steps L by (dataset, architecture family), the releases' values (docs/methods.md
@@ -30,9 +31,14 @@ QCFS_L: dict[tuple[str, str], int] = {
     ("imagenet", "resnet34"): 8,
     ("imagenet", "vgg16"): 16,
 }
-DEFAULT_L = 4  # no release value (QCFS's CIFAR setting)
-DEFAULT_INIT_LAMBDA = 8.0
+DEFAULT_L = QCFS_DEFAULT_L  # no release value (QCFS's CIFAR setting)
+DEFAULT_INIT_LAMBDA = QCFS_DEFAULT_INIT_LAMBDA
 CHECKPOINT_NAME = "model.safetensors"
+# The defaults above as the CLI help words them (ftbc train, ftbc import-checkpoint), read from the tables.
+QCFS_L_HELP = (f"{QCFS_L[('cifar10', '*')]} CIFAR, {QCFS_L[('imagenet', 'resnet34')]} ImageNet ResNet-34, "
+               f"{QCFS_L[('imagenet', 'vgg16')]} ImageNet VGG-16")
+Y_TH_HELP = (f"{DEFAULT_Y_TH['cifar10']:g} CIFAR-10, {DEFAULT_Y_TH['cifar100']:g} CIFAR-100, "
+             f"{DEFAULT_Y_TH['imagenet']:g} ImageNet")
 
 
 def qcfs_levels(dataset: str, arch: str | None = None) -> int:
@@ -54,7 +60,7 @@ def resolve_act_kwargs(act: str, dataset: str, *, arch: str | None = None, L: in
     if act not in ACTS:
         raise TrainingError(f"unknown activation {act!r} (choose from {', '.join(ACTS)})")
     given = {"--L": L, "--init-lambda": init_lambda, "--y-th": y_th}
-    allowed = {"relu": (), "qcfs": ("--L", "--init-lambda"), "clip": ("--y-th",)}[act]
+    allowed = tuple("--" + k.replace("_", "-") for k in ACT_KWARGS[act])  # the settings of ACT_KWARGS as options
     wrong = [k for k, v in given.items() if v is not None and k not in allowed]
     if wrong:
         raise TrainingError(f"{', '.join(wrong)} does not apply to --act {act}")

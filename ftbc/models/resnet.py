@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from ._factory import build_model, cifar_cfg, imagenet_cfg, register_model
 from ._layers import init_weights
 from .activations import get_act_layer
+from .papers import PAPERS
 
 __all__ = ["BasicBlock", "ResNet"]
 
@@ -198,9 +199,7 @@ def _create_resnet(variant: str, pretrained: bool = False, **kwargs) -> ResNet:
     return build_model(ResNet, variant, pretrained, **kwargs)
 
 
-_SNNC = "A Free Lunch From ANN: Towards Efficient, Accurate Spiking Neural Networks Calibration"
-_QCFS = "Optimal ANN-SNN Conversion for High-accuracy and Ultra-low-latency Spiking Neural Networks"
-_RTS = "Optimal Conversion of Conventional Artificial Neural Networks to Spiking Neural Networks"
+_SNNC, _QCFS, _RTS = (PAPERS[key].title for key in ("snnc", "qcfs", "rts"))
 
 default_cfgs = generate_default_cfgs({
     "resnet20_qcfs": cifar_cfg(first_conv="stem.0", paper_name=_QCFS),

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from ._factory import build_model, cifar_cfg, imagenet_cfg, register_model
 from ._layers import conv_norm_act, init_weights
 from .activations import get_act_layer
+from .papers import PAPERS
 
 __all__ = ["VGG"]
 
@@ -120,9 +121,7 @@ def _create_vgg(variant: str, pretrained: bool = False, **kwargs) -> VGG:
     return build_model(VGG, variant, pretrained, **kwargs)
 
 
-_SNNC = "A Free Lunch From ANN: Towards Efficient, Accurate Spiking Neural Networks Calibration"
-_QCFS = "Optimal ANN-SNN Conversion for High-accuracy and Ultra-low-latency Spiking Neural Networks"
-_RTS = "Optimal Conversion of Conventional Artificial Neural Networks to Spiking Neural Networks"
+_SNNC, _QCFS, _RTS = (PAPERS[key].title for key in ("snnc", "qcfs", "rts"))
 
 default_cfgs = generate_default_cfgs({
     "vgg_small": cifar_cfg(first_conv="features.0", description="6-conv CIFAR net for CPU runs"),

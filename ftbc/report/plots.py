@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ftbc._io import atomic_write  # noqa: E402
-from ftbc.report.naming import NAMING, figure_name, match_published, naming, row_order  # noqa: E402
+from ftbc.report.naming import NAMING, RUN_FILES, figure_name, match_published, naming, row_order  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
@@ -91,7 +91,7 @@ def iteration_log(run_dirs: Iterable[Path]) -> pd.DataFrame:
     """Held-out accuracy at T after each FTBC iteration, from the calibration logs of ``result.json``."""
     rows = []
     for d in run_dirs:
-        res = json.loads((Path(d) / "result.json").read_text())
+        res = json.loads((Path(d) / RUN_FILES["result"]).read_text())
         ckpt = res.get("checkpoint", {})
         for run in res["runs"]:
             for entry in run.get("log", []):

@@ -26,7 +26,8 @@ from ftbc._io import write_text
 from ftbc.energy import E_AC_PJ, ann_energy_uj, snn_energy_uj
 from ftbc.errors import UserError
 from ftbc.options import parse_T
-from ftbc.report.naming import NAMING, load_published, match_published, naming, row_order
+from ftbc.report.naming import (ITERATIONS_FIGURE, NAMING, RUN_FILES, TABLE_FILES, load_published, match_published,
+                                naming, row_order)
 
 # seed: the calibration seed; ann_seed: the seed the ANN was trained with (a grid may vary both)
 KEYS = ["dataset", "arch", "activation", "method", "ann_seed", "seed"]
@@ -37,7 +38,7 @@ RESULT_FORMATS = (1,)
 
 def read_result(run_dir: Path) -> dict[str, Any]:
     """``result.json`` of one ``ftbc evaluate`` output folder, format-checked."""
-    path = run_dir / "result.json"
+    path = run_dir / RUN_FILES["result"]
     try:
         res = json.loads(path.read_text())
     except FileNotFoundError:
@@ -52,7 +53,7 @@ def read_result(run_dir: Path) -> dict[str, Any]:
 
 def _run_dir(path: str | Path) -> Path:
     path = Path(path)
-    return path.parent if path.name == "result.json" else path
+    return path.parent if path.name == RUN_FILES["result"] else path
 
 
 def _each_run(run_dirs: Iterable[str | Path], table: str) -> Iterator[tuple[Path, dict, dict, pd.DataFrame]]:
@@ -65,7 +66,7 @@ def _each_run(run_dirs: Iterable[str | Path], table: str) -> Iterator[tuple[Path
 def collect_accuracy(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
     """The long table: one row per (dataset, arch, activation, method, seed, T)."""
     frames = []
-    for d, res, ckpt, acc in _each_run(run_dirs, "accuracy.csv"):
+    for d, res, ckpt, acc in _each_run(run_dirs, RUN_FILES["accuracy"]):
         timing = pd.DataFrame([dict(T_run=r["T"], calibrate_s=r["convert_calibrate_s"], simulate_s=r["simulate_s"])
                                for r in res["runs"]])
         acc = acc.merge(timing, on="T_run", how="left").rename(columns={"t": "T"})
@@ -93,7 +94,7 @@ def collect_accuracy(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
 def collect_spikes(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
     """Per layer and T: mean firing rate and spikes / synaptic operations per image up to T."""
     frames = []
-    for _, res, ckpt, act in _each_run(run_dirs, "activity.csv"):
+    for _, res, ckpt, act in _each_run(run_dirs, RUN_FILES["activity"]):
         t_dependent = bool(res.get("method", {}).get("t_dependent"))
         base = dict(dataset=ckpt.get("dataset"), arch=ckpt.get("arch"), activation=ckpt.get("act"),
                     method=res["method"]["name"], ann_seed=ckpt.get("seed"), seed=res.get("config", {}).get("seed", 0))
@@ -300,9 +301,9 @@ def main(args: argparse.Namespace) -> int:
     spikes = collect_spikes(args.runs)
     published = load_published(args.published)
     summary = summarize(acc, published, spikes, Ts)
-    write_text(out / "accuracy.csv", acc.to_csv(index=False))
-    write_text(out / "spikes.csv", spikes.to_csv(index=False))
-    write_text(out / "summary.csv", summary.to_csv(index=False))
+    write_text(out / TABLE_FILES["accuracy"], acc.to_csv(index=False))
+    write_text(out / TABLE_FILES["spikes"], spikes.to_csv(index=False))
+    write_text(out / TABLE_FILES["summary"], summary.to_csv(index=False))
     style = args.published_style
     for dataset in sorted(summary["dataset"].unique()):
         caption = (f"SNN top-1 accuracy (%) on {dataset} at each T: ours (mean ± std over runs; the best per "
@@ -321,7 +322,7 @@ def main(args: argparse.Namespace) -> int:
                    "Conversion gap (ANN - SNN, points) against the published gap at each T; calibration "
                    "wall time per run.\n\n" + to_markdown(gap_table(summary, dataset)))
         plot_accuracy_vs_T(acc, published, dataset, figures)
-    plot_iterations([_run_dir(r) for r in args.runs], figures / "ftbc_iterations.png")
+    plot_iterations([_run_dir(r) for r in args.runs], figures / ITERATIONS_FIGURE)
     write_text(out / "run.yaml", yaml.safe_dump({**vars(args), "runs": len(args.runs)}, sort_keys=False))
     print(f"{len(acc)} rows from {len(args.runs)} runs -> {out}")
     return 0

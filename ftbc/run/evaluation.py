@@ -32,6 +32,7 @@ from ftbc.data.eval_sets import load_eval_data, load_test_batches
 from ftbc.energy import count_macs
 from ftbc.errors import UserError
 from ftbc.options import parse_overrides, parse_T
+from ftbc.report.naming import RUN_FILES
 from ftbc.snn.conversion import convert
 from ftbc.snn.method import Method
 from ftbc.snn.neuron import IFNeuron
@@ -268,9 +269,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def write_outputs(out: Path, accuracy: pd.DataFrame, activity: pd.DataFrame, result: dict[str, Any]) -> None:
-    write_text(out / "accuracy.csv", accuracy.to_csv(index=False))
-    write_text(out / "activity.csv", activity.to_csv(index=False))
-    write_json(out / "result.json", {"format": RESULT_FORMAT, **result})
+    write_text(out / RUN_FILES["accuracy"], accuracy.to_csv(index=False))
+    write_text(out / RUN_FILES["activity"], activity.to_csv(index=False))
+    write_json(out / RUN_FILES["result"], {"format": RESULT_FORMAT, **result})
 
 
 def main(args: argparse.Namespace) -> int:

@@ -185,10 +185,38 @@ def evaluations(config: dict) -> list[Evaluation]:
     return jobs
 
 
-# -- paths (the rules use the same patterns with wildcards) ---------------------------------
+# -- paths: one template per job folder; grid fills it for a job, the rules (common.smk) with
+# their wildcards through rule_pattern ------------------------------------------------------
 
-ANN_DIR = "{work}/ann/{dataset}/{arch}/{act}/seed{seed}"
-EVAL_DIR = "{work}/snn/{dataset}/{arch}/seed{seed}/{method}/cal{calib_seed}/T{steps}"
+ANN_KEY = "{dataset}/{arch}/{act}/seed{seed}"
+EVAL_KEY = "{dataset}/{arch}/seed{seed}/{method}/cal{calib_seed}/T{steps}"
+ANN_DIR = "{work}/ann/" + ANN_KEY
+EVAL_DIR = "{work}/snn/" + EVAL_KEY
+DATA_DIR = "{work}/data/{dataset}"  # an archive extracted, a subset copied (data_root)
+DATA_INFO = DATA_DIR + ".json"
+# the rules' wildcard for each template field (the calibration seed is {cseed} there)
+WILDCARDS = {"dataset": "{dataset}", "arch": "{arch}", "act": "{act}", "seed": "{seed}", "method": "{method}",
+             "calib_seed": "{cseed}", "steps": "{steps}"}
+
+
+def rule_pattern(template: str, **fixed: str) -> str:
+    """``template`` with the rules' wildcards in its fields (``fixed`` fills others, e.g. ``work``)."""
+    return template.format(**{**WILDCARDS, **fixed})
+
+
+def ann_files() -> dict[str, str]:
+    """The files of an ANN folder by the train rule's output names: the weights and their sidecar."""
+    from ftbc._io import sidecar_path
+    from ftbc.models.checkpoint import CHECKPOINT_NAME
+
+    return {"weights": CHECKPOINT_NAME, "meta": sidecar_path(CHECKPOINT_NAME).name}
+
+
+def eval_files() -> dict[str, str]:
+    """The files of an evaluation folder by the evaluate rule's output names."""
+    from ftbc.report.naming import RUN_FILES
+
+    return dict(RUN_FILES)
 
 
 def ann_dir(config: dict, ann: Ann) -> str:
@@ -197,13 +225,18 @@ def ann_dir(config: dict, ann: Ann) -> str:
 
 def checkpoint_path(config: dict, ann: Ann) -> str:
     """The ANN's weights: the given checkpoint, or where the training rule writes them."""
-    return ann.checkpoint or f"{ann_dir(config, ann)}/model.safetensors"
+    return ann.checkpoint or f"{ann_dir(config, ann)}/{ann_files()['weights']}"
 
 
 def eval_dir(config: dict, ev: Evaluation) -> str:
     a = ev.ann
     return EVAL_DIR.format(work=config["workdir"], dataset=a.dataset, arch=a.arch, seed=a.seed,
                            method=ev.method, calib_seed=ev.calib_seed, steps=ev.steps)
+
+
+def result_path(config: dict, ev: Evaluation) -> str:
+    """The evaluation's ``result.json``, which the tables rule reads."""
+    return f"{eval_dir(config, ev)}/{eval_files()['result']}"
 
 
 def evaluation_key(ev: Evaluation) -> tuple[str, str, int, str, int, str]:
@@ -216,7 +249,8 @@ def data_root(config: dict, dataset: str) -> str:
     from ftbc.data.prepare import is_archive
 
     raw = raw_data_root(config, dataset)
-    return str(Path(config["workdir"]) / "data" / dataset) if is_archive(raw) or subset_args(config) else raw
+    extracted = str(Path(DATA_DIR.format(work=config["workdir"], dataset=dataset)))
+    return extracted if is_archive(raw) or subset_args(config) else raw
 
 
 def subset_args(config: dict) -> str:

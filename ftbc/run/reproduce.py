@@ -41,8 +41,9 @@ import torch
 from ftbc._io import write_json, write_text
 from ftbc.errors import UserError
 from ftbc.data.prepare import materialize
+from ftbc.models.activations import ACTIVATIONS
 
-ACT_ORDER = ("relu", "qcfs", "clip")
+ACT_ORDER = ACTIVATIONS
 DEFAULT_DATA = ("data/cifar10-jpeg.tar.gz", "data/cifar10-jpeg")
 # Total seconds, share of them for training, network, recipe, epoch cap (None: the recipe's), T_max, train /
 # test images per class (None: all), and the calibration caps of budgeted(): FTBC images per T, weight-calibration

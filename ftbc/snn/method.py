@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ftbc.data.calibration_pool import CROP_FLIP
+from ftbc.models.activations import ACTIVATIONS
 from ftbc.snn.calibration import ftbc_stage  # noqa: F401  (importing it registers the "ftbc" stage)
 from ftbc.snn.stages import STAGES
 from ftbc.snn.thresholds import RULES, get_rule
 
-ACTIVATIONS = ("relu", "qcfs", "clip")
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Method:
 
     Attributes:
         name: registry name used in tables (``snnc_light``, ``ftbc_qcfs``, ...).
-        activation: the ANN activation the method needs ('relu', 'qcfs', 'clip').
+        activation: the ANN activation the method needs (one of :data:`ftbc.models.activations.ACTIVATIONS`).
         threshold: a rule registered in :data:`ftbc.snn.thresholds.RULES` (``register_threshold_rule``).
         threshold_settings: settings of that rule beyond the ones below, over its defaults
             (``{'quantile': 0.999}`` for a rule registered with that setting).

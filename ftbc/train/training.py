@@ -45,8 +45,8 @@ from ftbc.data import distributed as ftbc_dist
 from ftbc.data.distributed import DistEnv
 from ftbc.data.loaders import build_loaders
 from ftbc.errors import TrainingError
-from ftbc.models.checkpoint import (ACTS, CHECKPOINT_NAME, DEFAULT_INIT_LAMBDA, _build_model, _check_device,
-                                    activation_values, resolve_act_kwargs)
+from ftbc.models.checkpoint import (ACTS, CHECKPOINT_NAME, DEFAULT_INIT_LAMBDA, QCFS_L_HELP, Y_TH_HELP, _build_model,
+                                    _check_device, activation_values, resolve_act_kwargs)
 from ftbc.train import resume as ftbc_resume
 from ftbc.train.loop import create_optimizer, create_scheduler, evaluate, train_one_epoch
 from ftbc.train.recipes import load_recipe, validate_recipe
@@ -277,7 +277,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Train an ANN (ReLU, QCFS or clipped ReLU) from a recipe.",
                                 add_help=add_help)
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="cifar10", help="cifar10, cifar100 or imagenet (default cifar10)")
+    g.add_argument("--dataset", default="cifar10", help=f"{ftbc_data.DATASET_NAMES_TEXT} (default cifar10)")
     g.add_argument("--data-root", default="auto",
                    help="dataset folder or .tar.gz; 'auto' (default) finds the CIFAR-10 copy (docs/data.md)")
     g.add_argument("--download", action="store_true", help="download the dataset if torchvision can")
@@ -288,12 +288,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--arch", required=True, help="model name (ftbc.models.list_models())")
     g.add_argument("--act", default="relu", choices=ACTS, help="activation (default relu)")
     g.add_argument("--L", type=int, default=None,
-                   help="QCFS quantisation steps (default by dataset and arch: 4 CIFAR, 8 ImageNet ResNet-34, "
-                        "16 ImageNet VGG-16)")
+                   help=f"QCFS quantisation steps (default by dataset and arch: {QCFS_L_HELP})")
     g.add_argument("--init-lambda", type=float, default=None,
                    help=f"QCFS initial lambda (default {DEFAULT_INIT_LAMBDA})")
     g.add_argument("--y-th", type=float, default=None,
-                   help="clip level of --act clip (default 1 CIFAR-10, 2 CIFAR-100, 3 ImageNet)")
+                   help=f"clip level of --act clip (default {Y_TH_HELP})")
     g = p.add_argument_group("recipe")
     g.add_argument("--recipe", default="quick_cpu", help="recipe name or YAML path (default quick_cpu)")
     g.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")

@@ -3,9 +3,11 @@
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from ftbc.data.datasets import DATASET_NAMES
+from ftbc.models.activations import ACTIVATIONS
 from ftbc.run import grid
 from ftbc.errors import UserError
-from ftbc.report.naming import figure_name
+from ftbc.report.naming import ITERATIONS_FIGURE, TABLE_FILES, figure_name
 
 try:
     validate(config, "../schemas/config.schema.yaml", set_default=True)
@@ -25,11 +27,19 @@ ANNS = grid.anns(config)
 EVALUATIONS = grid.evaluations(config)
 ANN_INDEX = {a.key: a for a in ANNS}
 EVAL_INDEX = {grid.evaluation_key(ev): ev for ev in EVALUATIONS}
+# the jobs' paths with wildcards, from grid's templates (grid fills the same ones for each job)
+DATA_INFO = grid.rule_pattern(grid.DATA_INFO, work=WORK)
+ANN_DIR = grid.rule_pattern(grid.ANN_DIR, work=WORK)
+ANN_KEY = grid.rule_pattern(grid.ANN_KEY)
+EVAL_DIR = grid.rule_pattern(grid.EVAL_DIR, work=WORK)
+EVAL_KEY = grid.rule_pattern(grid.EVAL_KEY)
+ANN_FILES = {name: f"{ANN_DIR}/{file}" for name, file in grid.ann_files().items()}
+EVAL_FILES = {name: f"{EVAL_DIR}/{file}" for name, file in grid.eval_files().items()}
 
 
 wildcard_constraints:
-    dataset="cifar10|cifar100|imagenet",
-    act="relu|qcfs|clip",
+    dataset="|".join(DATASET_NAMES),
+    act="|".join(ACTIVATIONS),
     seed=r"\d+",
     cseed=r"\d+",
     steps=r"\d+(-\d+)?",
@@ -42,15 +52,15 @@ def get_final_output():
 
 
 def get_tables():
-    out = [f"{RESULTS}/{name}" for name in ("accuracy.csv", "spikes.csv", "summary.csv")]
+    out = [f"{RESULTS}/{name}" for name in TABLE_FILES.values()]
     for d in grid.datasets(config):
         out += [f"{RESULTS}/{d}.md", f"{RESULTS}/{d}.tex", f"{RESULTS}/{d}.html"]
     out += [f"{RESULTS}/figures/{figure_name(d, a)}" for d, a in grid.figure_keys(config)]
-    return out + [f"{RESULTS}/figures/ftbc_iterations.png"]
+    return out + [f"{RESULTS}/figures/{ITERATIONS_FIGURE}"]
 
 
 def get_evaluation_results(wildcards=None):
-    return [f"{grid.eval_dir(config, ev)}/result.json" for ev in EVALUATIONS]
+    return [grid.result_path(config, ev) for ev in EVALUATIONS]
 
 
 def get_ann(wildcards):

@@ -5,16 +5,14 @@ rule evaluate_snn:
     reported) and 'T' for one that does (one job per T), as the method registry says.
     """
     input:
-        data=f"{WORK}/data/{{dataset}}.json",
+        data=DATA_INFO,
         checkpoint=get_checkpoint,
     output:
-        result=f"{WORK}/snn/{{dataset}}/{{arch}}/seed{{seed}}/{{method}}/cal{{cseed}}/T{{steps}}/result.json",
-        accuracy=f"{WORK}/snn/{{dataset}}/{{arch}}/seed{{seed}}/{{method}}/cal{{cseed}}/T{{steps}}/accuracy.csv",
-        activity=f"{WORK}/snn/{{dataset}}/{{arch}}/seed{{seed}}/{{method}}/cal{{cseed}}/T{{steps}}/activity.csv",
+        **EVAL_FILES,
     log:
-        f"{LOGS}/evaluate_snn/{{dataset}}/{{arch}}/seed{{seed}}/{{method}}/cal{{cseed}}/T{{steps}}.log",
+        f"{LOGS}/evaluate_snn/{EVAL_KEY}.log",
     benchmark:
-        f"{WORK}/benchmarks/evaluate_snn/{{dataset}}/{{arch}}/seed{{seed}}/{{method}}/cal{{cseed}}/T{{steps}}.tsv"
+        f"{WORK}/benchmarks/evaluate_snn/{EVAL_KEY}.tsv"
     conda:
         "../../environment.yml"
     threads: config["threads"]["evaluate"]

@@ -4,9 +4,17 @@ rule tables:
         runs=get_evaluation_results,
         published=config["published"],
     output:
-        accuracy=report(f"{RESULTS}/accuracy.csv", category="Tables", caption="../report/accuracy.rst"),
-        spikes=report(f"{RESULTS}/spikes.csv", category="Tables", caption="../report/spikes.rst"),
-        summary=f"{RESULTS}/summary.csv",
+        accuracy=report(
+            f"{RESULTS}/{TABLE_FILES['accuracy']}",
+            category="Tables",
+            caption="../report/accuracy.rst",
+        ),
+        spikes=report(
+            f"{RESULTS}/{TABLE_FILES['spikes']}",
+            category="Tables",
+            caption="../report/spikes.rst",
+        ),
+        summary=f"{RESULTS}/{TABLE_FILES['summary']}",
         markdown=[f"{RESULTS}/{d}.md" for d in grid.datasets(config)],
         latex=[f"{RESULTS}/{d}.tex" for d in grid.datasets(config)],
         html=report(
@@ -21,7 +29,7 @@ rule tables:
             caption="../report/accuracy_vs_T.rst",
         ),
         iterations=report(
-            f"{RESULTS}/figures/ftbc_iterations.png",
+            f"{RESULTS}/figures/{ITERATIONS_FIGURE}",
             category="FTBC calibration",
             caption="../report/iterations.rst",
         ),

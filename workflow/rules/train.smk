@@ -1,14 +1,13 @@
 rule train_ann:
     """Train one ANN (dataset, arch, activation, seed) from its recipe."""
     input:
-        f"{WORK}/data/{{dataset}}.json",
+        DATA_INFO,
     output:
-        weights=f"{WORK}/ann/{{dataset}}/{{arch}}/{{act}}/seed{{seed}}/model.safetensors",
-        meta=f"{WORK}/ann/{{dataset}}/{{arch}}/{{act}}/seed{{seed}}/model.json",
+        **ANN_FILES,
     log:
-        f"{LOGS}/train_ann/{{dataset}}/{{arch}}/{{act}}/seed{{seed}}.log",
+        f"{LOGS}/train_ann/{ANN_KEY}.log",
     benchmark:
-        f"{WORK}/benchmarks/train_ann/{{dataset}}/{{arch}}/{{act}}/seed{{seed}}.tsv"
+        f"{WORK}/benchmarks/train_ann/{ANN_KEY}.tsv"
     conda:
         "../../environment.yml"
     threads: config["threads"]["train"]
