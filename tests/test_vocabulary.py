@@ -35,8 +35,8 @@ def test_activation_names_have_one_home():
     from ftbc.snn import method
     from ftbc.train.training import get_args_parser as train_parser
 
-    assert checkpoint.ACTS is ACTIVATIONS and method.ACTIVATIONS is ACTIVATIONS
-    assert reproduce.ACT_ORDER is ACTIVATIONS
+    assert checkpoint.ACTIVATIONS is ACTIVATIONS and method.ACTIVATIONS is ACTIVATIONS
+    assert reproduce.ACTIVATIONS is ACTIVATIONS
     assert tuple(_choices(train_parser(), "--act").choices) == ACTIVATIONS
     assert tuple(_choices(import_parser(), "--act").choices) == ACTIVATIONS
     # each activation's settings (ACT_KWARGS) are the ftbc train options that apply to it

@@ -17,7 +17,6 @@ from ftbc.data import datasets as ftbc_data
 from ftbc.errors import CheckpointError, TrainingError
 from ftbc.models.activations import ACT_KWARGS, ACTIVATIONS, QCFS_DEFAULT_INIT_LAMBDA, QCFS_DEFAULT_L
 
-ACTS = ACTIVATIONS  # the single list: ftbc.models.activations.ACTIVATIONS
 # Clip level of RTS's clipped ReLU by dataset (docs/methods.md section 4).
 DEFAULT_Y_TH = {"cifar10": 1.0, "cifar100": 2.0, "imagenet": 3.0}
 # QCFS quantisation steps L by (dataset, architecture family), the releases' values (docs/methods.md
@@ -57,8 +56,8 @@ def resolve_act_kwargs(act: str, dataset: str, *, arch: str | None = None, L: in
 
     QCFS's default L depends on the dataset and the architecture (:data:`QCFS_L`); an explicit ``L`` wins.
     """
-    if act not in ACTS:
-        raise TrainingError(f"unknown activation {act!r} (choose from {', '.join(ACTS)})")
+    if act not in ACTIVATIONS:
+        raise TrainingError(f"unknown activation {act!r} (choose from {', '.join(ACTIVATIONS)})")
     given = {"--L": L, "--init-lambda": init_lambda, "--y-th": y_th}
     allowed = tuple("--" + k.replace("_", "-") for k in ACT_KWARGS[act])  # the settings of ACT_KWARGS as options
     wrong = [k for k, v in given.items() if v is not None and k not in allowed]

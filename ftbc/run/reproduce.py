@@ -43,7 +43,6 @@ from ftbc.errors import UserError
 from ftbc.data.prepare import materialize
 from ftbc.models.activations import ACTIVATIONS
 
-ACT_ORDER = ACTIVATIONS
 DEFAULT_DATA = ("data/cifar10-jpeg.tar.gz", "data/cifar10-jpeg")
 # Total seconds, share of them for training, network, recipe, epoch cap (None: the recipe's), T_max, train /
 # test images per class (None: all), and the calibration caps of budgeted(): FTBC images per T, weight-calibration
@@ -288,7 +287,7 @@ def _run(args, setting, clock, device, budget, T_max, T_dep, out, work) -> int:
     root = prepare_data(source, work / "data", train_per_class=args.train_per_class or tr_pc,
                         test_per_class=args.test_per_class or te_pc)
     names = list_methods() if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
-    acts = [a for a in ACT_ORDER if any(get_method(n).activation == a for n in names)]
+    acts = [a for a in ACTIVATIONS if any(get_method(n).activation == a for n in names)]
     arch = args.arch or setting["arch"]
     timings: dict[str, Any] = dict(budget_s=budget, data_s=clock())
     train_deadline = budget * (args.train_share or setting["train_share"])

@@ -45,7 +45,8 @@ from ftbc.data import distributed as ftbc_dist
 from ftbc.data.distributed import DistEnv
 from ftbc.data.loaders import build_loaders
 from ftbc.errors import TrainingError
-from ftbc.models.checkpoint import (ACTS, CHECKPOINT_NAME, DEFAULT_INIT_LAMBDA, QCFS_L_HELP, Y_TH_HELP, _build_model,
+from ftbc.models.activations import ACTIVATIONS
+from ftbc.models.checkpoint import (CHECKPOINT_NAME, DEFAULT_INIT_LAMBDA, QCFS_L_HELP, Y_TH_HELP, _build_model,
                                     _check_device, activation_values, resolve_act_kwargs)
 from ftbc.train import resume as ftbc_resume
 from ftbc.train.loop import create_optimizer, create_scheduler, evaluate, train_one_epoch
@@ -286,7 +287,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=0, help="DataLoader workers for per-sample pipelines (default 0)")
     g = p.add_argument_group("model")
     g.add_argument("--arch", required=True, help="model name (ftbc.models.list_models())")
-    g.add_argument("--act", default="relu", choices=ACTS, help="activation (default relu)")
+    g.add_argument("--act", default="relu", choices=ACTIVATIONS, help="activation (default relu)")
     g.add_argument("--L", type=int, default=None,
                    help=f"QCFS quantisation steps (default by dataset and arch: {QCFS_L_HELP})")
     g.add_argument("--init-lambda", type=float, default=None,
