@@ -1,6 +1,7 @@
 """The ``ftbc`` command's conventions: version, help with defaults, one name per flag, clear exits."""
 
 import argparse
+import re
 import importlib
 
 import pytest
@@ -29,6 +30,8 @@ def test_every_flag_has_help_and_shows_its_default(name, parser):
     for a in actions:
         if a.option_strings and not a.required and a.default not in (None, False, []):
             assert f"(default: {a.default})" in " ".join(text.split()), (name, a.dest)
+            # the formatter adds the default: a help that also says it in words shows it twice
+            assert not re.search(r"\(default [^:]", a.help), (name, a.dest, a.help)
     flags = {o for a in actions for o in a.option_strings}
     # one name for one thing across subcommands; old spellings stay as aliases of the new ones
     assert not {"--batch", "--output"} & flags or {"--batch-size", "--out"} <= flags

@@ -67,7 +67,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--ftbc-iterations", type=int, default=CPU_FTBC_ITERATIONS,
                    help="FTBC iterations where the release's budget is too large for a CPU (it uses 100)")
     p.add_argument("--n-test", type=int, default=QUICK_N_TEST,
-                   help=f"evaluate on a fixed subset of this many test images (default {QUICK_N_TEST}; 0: all 10,000)")
+                   help=f"evaluate on a fixed subset of this many test images (0: all 10,000)")
     p.add_argument("--seed", type=int, default=0, help="training and calibration seed")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--quiet", action="store_true", help="no progress bars (the progress lines stay)")

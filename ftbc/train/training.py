@@ -278,7 +278,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Train an ANN (ReLU, QCFS or clipped ReLU) from a recipe.",
                                 add_help=add_help)
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="cifar10", help=f"{ftbc_data.DATASET_NAMES_TEXT} (default cifar10)")
+    g.add_argument("--dataset", default="cifar10", help=f"{ftbc_data.DATASET_NAMES_TEXT}")
     g.add_argument("--data-root", default="auto",
                    help="dataset folder or .tar.gz; 'auto' (default) finds the CIFAR-10 copy (docs/data.md)")
     g.add_argument("--download", action="store_true", help="download the dataset if torchvision can")
@@ -287,7 +287,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=0, help="DataLoader workers for per-sample pipelines (default 0)")
     g = p.add_argument_group("model")
     g.add_argument("--arch", required=True, help="model name (ftbc.models.list_models())")
-    g.add_argument("--act", default="relu", choices=ACTIVATIONS, help="activation (default relu)")
+    g.add_argument("--act", default="relu", choices=ACTIVATIONS, help="activation")
     g.add_argument("--L", type=int, default=None,
                    help=f"QCFS quantisation steps (default by dataset and arch: {QCFS_L_HELP})")
     g.add_argument("--init-lambda", type=float, default=None,
@@ -295,14 +295,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--y-th", type=float, default=None,
                    help=f"clip level of --act clip (default {Y_TH_HELP})")
     g = p.add_argument_group("recipe")
-    g.add_argument("--recipe", default="quick_cpu", help="recipe name or YAML path (default quick_cpu)")
+    g.add_argument("--recipe", default="quick_cpu", help="recipe name or YAML path")
     g.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     g.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")
     g.add_argument("--lr", type=float, default=None, help="override the recipe's learning rate")
     g.add_argument("--seed", type=int, default=0, help="seed of initialisation, order and augmentation")
     g = p.add_argument_group("run")
     g.add_argument("--out", required=True, help="output folder (model.safetensors, model.json, run.yaml)")
-    g.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    g.add_argument("--device", default="cpu", help="cpu or cuda")
     g.add_argument("--deterministic", action="store_true",
                    help="deterministic CUDA kernels (slower; CPU runs are deterministic anyway)")
     g.add_argument("--quiet", action="store_true", help="no progress bars (the per-epoch lines stay)")
