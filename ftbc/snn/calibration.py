@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from ftbc.data.calibration_pool import draw_batches
 from ftbc.snn.ftbc_solvers import ftbc_heuristic_update, ftbc_quantile_update, stepwise_ftbc_pass
-from ftbc.snn.graph import activation_sites
+from ftbc.snn.graph import activation_outputs, activation_sites
 from ftbc.snn.neuron import IFNeuron, exact, neurons
 from ftbc.snn.simulation import LAYER_MAJOR_BUDGET, accuracy_per_step, memory_budget, reset_net, set_step_mode
 from ftbc.snn.stages import register_stage
@@ -59,17 +59,7 @@ UpdateFn = Callable[[str, IFNeuron, Tensor, Tensor], "Tensor | None"]
 @torch.no_grad()
 def ann_targets(ann: nn.Module, x: Tensor) -> dict[str, Tensor]:
     """Post-activation outputs of every activation module of the (folded) ANN, by module name."""
-    out: dict[str, Tensor] = {}
-    handles = [
-        m.register_forward_hook(lambda mod, i, o, name=name: out.__setitem__(name, o.detach()))
-        for name, m in activation_sites(ann)
-    ]
-    try:
-        ann(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return out
+    return activation_outputs(ann, x)
 
 
 @torch.no_grad()

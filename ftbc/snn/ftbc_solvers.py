@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ftbc.snn.graph import activation_sites
+from ftbc.snn.graph import activation_outputs
 from ftbc.snn.neuron import IFNeuron, channel_view, if_step_, neurons
 from ftbc.snn.simulation import reset_net, set_step_mode
 
@@ -77,15 +77,7 @@ def ann_channel_means(ann: nn.Module, x: Tensor) -> dict[str, Tensor]:
     """Per activation module of the ANN, the channel means of its output on ``x`` ([C]), computed
     as each layer runs: no layer's output outlives its hook (ImageNet VGG-16's activations for 128
     images are about 7 GB)."""
-    out: dict[str, Tensor] = {}
-    handles = [m.register_forward_hook(lambda mod, i, o, name=name: out.__setitem__(name, channel_mean(o)))
-               for name, m in activation_sites(ann)]
-    try:
-        ann(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return out
+    return activation_outputs(ann, x, channel_mean)
 
 
 @torch.no_grad()

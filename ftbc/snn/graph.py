@@ -50,6 +50,21 @@ def activation_sites(gm: fx.GraphModule) -> list[tuple[str, nn.Module]]:
     return module_nodes(gm, is_activation)
 
 
+def activation_outputs(ann: nn.Module, x: torch.Tensor,
+                       reduce: Callable[[torch.Tensor], torch.Tensor] = torch.Tensor.detach) -> dict[str, torch.Tensor]:
+    """``reduce`` of each activation module's output on ``x``, by module name, taken as each layer
+    runs (a reducing ``reduce`` keeps no full-size output alive past its layer)."""
+    out: dict[str, torch.Tensor] = {}
+    handles = [m.register_forward_hook(lambda mod, i, o, name=name: out.__setitem__(name, reduce(o)))
+               for name, m in activation_sites(ann)]
+    try:
+        ann(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
 def spiking_layers(snn: fx.GraphModule) -> list[tuple[str, IFNeuron]]:
     return module_nodes(snn, lambda m: isinstance(m, IFNeuron))
 
