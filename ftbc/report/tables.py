@@ -275,6 +275,43 @@ def to_html(table: pd.DataFrame, caption: str, note: str = "") -> str:
     return f"<html><body>{html}<p><small>{note}</small></p></body></html>\n"
 
 
+# -- the drivers' method x T table (ftbc quickstart, python -m ftbc.run.reproduce) ----------------
+
+METHOD_TABLE_FILES = {"csv": "table.csv", "markdown": "table.md"}
+
+
+def _row_labels(accuracy: pd.DataFrame, activation: bool) -> pd.Series:
+    act = accuracy["activation"] + ", " if activation else ""
+    return accuracy["method"] + " (" + act + "ANN " + accuracy["ann_accuracy"].map("{:.2f}".format) + ")"
+
+
+def method_by_T(accuracy: pd.DataFrame, *, activation: bool = False) -> pd.DataFrame:
+    """Rows: each method with its ANN accuracy (and the ANN's activation), in the order they come;
+    columns: t; values: SNN accuracy. The rows name the ANN because one method table may mix ANNs."""
+    acc = accuracy.assign(row=_row_labels(accuracy, activation))
+    order = list(dict.fromkeys(acc["row"]))
+    return acc.pivot_table(index="row", columns="t", values="accuracy").reindex(order)
+
+
+def write_method_table(out: Path, accuracy: pd.DataFrame, *, Ts: list[int] | None = None, activation: bool = False,
+                       run_s: dict[str, float] | None = None) -> pd.DataFrame:
+    """``table.csv`` (every t of the long-form ``accuracy``, full precision) and ``table.md`` (the ``Ts``
+    columns, two decimals, and each method's seconds when ``run_s`` gives them); returns the full table.
+
+    The Markdown is written without tabulate, so it reads the same whatever is installed."""
+    full = method_by_T(accuracy, activation=activation)
+    write_text(out / METHOD_TABLE_FILES["csv"], full.to_csv())
+    shown = full if Ts is None else full.reindex(columns=[t for t in Ts if t in full.columns])
+    md = shown.map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
+    md.columns = [f"T={t}" for t in shown.columns]
+    if run_s is not None:
+        method_of = dict(zip(_row_labels(accuracy, activation), accuracy["method"]))
+        md["run s"] = [f"{run_s.get(method_of[row], 0.0):.1f}" for row in md.index]
+    md.index.name = "method (ANN act, ANN %)" if activation else "method (ANN %)"
+    write_text(out / METHOD_TABLE_FILES["markdown"], to_markdown(md))
+    return full
+
+
 # -- CLI ------------------------------------------------------------------------------
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

@@ -110,24 +110,6 @@ def hardware(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def write_tables(out: Path, accuracy: pd.DataFrame, Ts_show: list[int], run_s: dict[str, float]) -> pd.DataFrame:
-    """``table.csv`` (every T) and ``table.md`` (the ``Ts_show`` columns) from the long-form accuracy."""
-    acc = accuracy.copy()
-    acc["row"] = acc["method"] + " (" + acc["activation"] + ", ANN " + acc["ann_accuracy"].map("{:.2f}".format) + ")"
-    order = list(dict.fromkeys(acc["row"]))
-    full = acc.pivot_table(index="row", columns="t", values="accuracy").reindex(order)
-    write_text(out / "table.csv", full.to_csv())
-    shown = full.reindex(columns=[t for t in Ts_show if t in full.columns])
-    lines = ["| method (ANN act, ANN %) | " + " | ".join(f"T={t}" for t in shown.columns) + " | run s |",
-             "|---" * (len(shown.columns) + 2) + "|"]
-    for row, values in shown.iterrows():
-        method = row.split(" (")[0]
-        cells = ["" if pd.isna(v) else f"{v:.2f}" for v in values]
-        lines.append(f"| {row} | " + " | ".join(cells) + f" | {run_s.get(method, 0.0):.1f} |")
-    write_text(out / "table.md", "\n".join(lines) + "\n")
-    return full
-
-
 # -- the steps ----------------------------------------------------------------------------
 
 def budgeted(method, *, n_train: int, ftbc_images: int, wc_iterations: int, mse_positions: int | None,
@@ -141,14 +123,15 @@ def budgeted(method, *, n_train: int, ftbc_images: int, wc_iterations: int, mse_
     ``mse_positions`` positions per channel and batch. Every change is
     recorded with the method in ``timings.json``.
     """
+    from baselines.budgets import apply_overrides
+    from ftbc.snn.stages import stage_settings
+
     changes: dict[str, Any] = {}
     if method.threshold_batches is not None and method.threshold_batches * method.threshold_batch_size > n_train:
         bs = min(method.threshold_batch_size, n_train)
         changes.update(threshold_batch_size=bs, threshold_batches=min(method.threshold_batches, n_train // bs))
     if method.threshold == "mse" and mse_positions is not None:
         changes["threshold_positions"] = mse_positions
-    from ftbc.snn.stages import stage_settings
-
     for stage in method.stages:
         p = stage_settings(stage)
         if stage.name == "ftbc":
@@ -166,7 +149,7 @@ def budgeted(method, *, n_train: int, ftbc_images: int, wc_iterations: int, mse_
         elif stage.name == "weight":
             changes.update({"weight.samples": min(p["samples"], n_train),
                             "weight.iterations": min(p["iterations"], wc_iterations)})
-    return method.with_overrides(changes), changes
+    return apply_overrides(method, changes), changes
 
 
 def train_anns(root: Path, work: Path, acts: list[str], archs: dict[str, str], *, recipe: str, deadline: float,
@@ -277,6 +260,7 @@ def main(args: argparse.Namespace) -> int:
 def _run(args, setting, clock, device, budget, T_max, T_dep, out, work) -> int:
     from baselines import get_method, list_methods
     from ftbc.data.eval_sets import load_eval_data
+    from ftbc.report.tables import write_method_table
     from ftbc.train.loop import evaluate
     from ftbc.models.checkpoint import load_model
 
@@ -310,7 +294,8 @@ def _run(args, setting, clock, device, budget, T_max, T_dep, out, work) -> int:
     timings.update(evaluation=record, total_s=clock())
     write_text(out / "accuracy.csv", accuracy.to_csv(index=False))
     run_s = {n: sum(r["seconds"] for r in record["runs"] if r["method"] == n) for n in names}
-    table = write_tables(out, accuracy, sorted(set(T_dep) | {T_max}), run_s) if len(accuracy) else None
+    table = (write_method_table(out, accuracy, Ts=sorted(set(T_dep) | {T_max}), activation=True, run_s=run_s)
+             if len(accuracy) else None)
     timings["total_s"] = clock()
     write_json(out / "timings.json", timings)
     if table is not None:
