@@ -274,9 +274,23 @@ def write_outputs(out: Path, accuracy: pd.DataFrame, activity: pd.DataFrame, res
     write_json(out / RUN_FILES["result"], {"format": RESULT_FORMAT, **result})
 
 
-def main(args: argparse.Namespace) -> int:
+def save_evaluation(out: Path, accuracy: pd.DataFrame, activity: pd.DataFrame, details: dict[str, Any], *,
+                    options: dict[str, Any], method: Method, budget: str | None, checkpoint: dict[str, Any],
+                    ann_accuracy: float) -> None:
+    """One evaluation folder as ``ftbc evaluate`` writes it, whichever driver ran :func:`run`: the tables,
+    ``result.json`` (the method as resolved, the budget it was cut to, the plugins) and ``run.yaml``
+    (the driver's options)."""
     from baselines import plugin_modules
-    from baselines.budgets import RELEASE, resolve_method
+    from baselines.budgets import RELEASE
+
+    write_outputs(out, accuracy, activity, dict(
+        config=options, method=method_record(method, budget=budget or RELEASE), checkpoint=checkpoint,
+        ann_accuracy=ann_accuracy, plugins=plugin_modules(), **details))
+    write_text(out / "run.yaml", yaml.safe_dump(options, sort_keys=False))
+
+
+def main(args: argparse.Namespace) -> int:
+    from baselines.budgets import resolve_method
     from ftbc.train.loop import evaluate
     from ftbc.models.checkpoint import load_model
 
@@ -304,11 +318,8 @@ def main(args: argparse.Namespace) -> int:
                                       test_batches=test_batches, holdout=held, ann_accuracy=ann_acc,
                                       seed=args.seed, device=args.device, mode=args.mode, progress=progress,
                                       save_snn=args.out if args.save_snn else None)
-    out = Path(args.out)
-    write_outputs(out, accuracy, activity, dict(
-        config=vars(args), method=method_record(method, budget=args.budget or RELEASE), checkpoint=meta,
-        ann_accuracy=ann_acc, plugins=plugin_modules(), **details))
-    write_text(out / "run.yaml", yaml.safe_dump(vars(args), sort_keys=False))
+    save_evaluation(Path(args.out), accuracy, activity, details, options=vars(args), method=method,
+                    budget=args.budget, checkpoint=meta, ann_accuracy=ann_acc)
     print(f"ANN accuracy {ann_acc:.2f} %  ({meta['arch']}, {meta['act']}, {meta['dataset']})")
     print(accuracy[["method", "t", "accuracy"]].to_string(index=False))
     return 0

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from ftbc._io import write_text
 from ftbc.errors import CheckpointError, UserError
 from ftbc.snn.method import Method
 
@@ -32,22 +31,18 @@ QUICK_EPOCHS = 4
 QUICK_N_TEST = 1000
 
 
-def cpu_budget(method: Method, ftbc_iterations: int = CPU_FTBC_ITERATIONS) -> Method:
-    """``method`` (as registered, for its dataset) cut to the quickstart's budget; where the budget
-    cuts FTBC's iterations, ``ftbc_iterations`` of them."""
-    from baselines.budgets import apply_overrides, budget_overrides
+def quick_method(name: str, ftbc_iterations: int = CPU_FTBC_ITERATIONS) -> Method:
+    """The registered method on CIFAR-10 cut to the quickstart's budget, as ``ftbc evaluate --budget cpu_quick``
+    gives it; where the budget cuts FTBC's iterations, ``ftbc_iterations`` of them (``--set ftbc.iterations``)."""
+    from baselines.budgets import budget_overrides, resolve_method
 
-    changes = budget_overrides(BUDGET, method.name)
-    if "ftbc.iterations" in changes:
-        changes["ftbc.iterations"] = ftbc_iterations
-    return apply_overrides(method, changes)
+    cuts_iterations = "ftbc.iterations" in budget_overrides(BUDGET, name)
+    return resolve_method(name, "cifar10", BUDGET, {"ftbc.iterations": ftbc_iterations} if cuts_iterations else None)
 
 
 def quick_methods(names: list[str], ftbc_iterations: int = CPU_FTBC_ITERATIONS) -> list[Method]:
     """The quickstart's methods on CIFAR-10, cut to its budget."""
-    from baselines import get_method
-
-    return [cpu_budget(get_method(m, "cifar10"), ftbc_iterations) for m in names]
+    return [quick_method(m, ftbc_iterations) for m in names]
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -92,36 +87,15 @@ def check_reusable(meta: dict, folder: Path, args: argparse.Namespace, epochs: i
                         f"or delete {folder} to train it again")
 
 
-def pivot(accuracy: pd.DataFrame) -> pd.DataFrame:
-    """Rows: method (with its ANN accuracy); columns: T."""
-    acc = accuracy.copy()
-    acc["row"] = acc["method"] + " (ANN " + acc["ann_accuracy"].map("{:.2f}".format) + ")"
-    order = list(dict.fromkeys(acc["row"]))
-    return acc.pivot_table(index="row", columns="t", values="accuracy").reindex(order)
-
-
-def main(args: argparse.Namespace) -> int:
-    from baselines import list_methods
-    from ftbc.data.eval_sets import load_eval_data
-    from ftbc.run.evaluation import method_record, run, write_outputs
-    from ftbc.options import parse_T
-    from ftbc.train.loop import evaluate
+def ann_models(args: argparse.Namespace, acts: list[str], epochs: int | None) -> dict[str, tuple]:
+    """Per activation: (model, checkpoint record) of the ANN under ``OUT/ann_<act>``, trained first
+    unless an intact one trained as this run asks is there."""
     from ftbc.models.checkpoint import load_model, resolve_act_kwargs
     from ftbc.train.training import train
 
-    from ftbc.data.prepare import resolve_data_root
-
-    out = Path(args.out)
-    Ts = parse_T(args.T)
-    args.data_root = str(resolve_data_root("cifar10", args.data_root, download=args.download))
-    names = list_methods() if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
-    methods = quick_methods(names, args.ftbc_iterations)
-    progress = not args.quiet
-    needs = sorted({m.activation for m in methods})
-    epochs = training_epochs(args)
     models = {}
-    for act in needs:
-        ckpt = out / f"ann_{act}" / "model.safetensors"
+    for act in acts:
+        ckpt = Path(args.out) / f"ann_{act}" / "model.safetensors"
         try:
             models[act] = load_model(ckpt, device=args.device)
             check_reusable(models[act][1], ckpt.parent, args, epochs)
@@ -129,38 +103,43 @@ def main(args: argparse.Namespace) -> int:
         except CheckpointError:
             print(f"training {args.arch} ({act}) on CIFAR-10 -> {ckpt.parent}")
             train(dataset="cifar10", data_root=args.data_root, arch=args.arch, act=act,
-                  act_kwargs=resolve_act_kwargs(act, "cifar10"), recipe=args.recipe,
-                  seed=args.seed, out=ckpt.parent, device=args.device, epochs=epochs,
-                  download=args.download, progress=progress)
+                  act_kwargs=resolve_act_kwargs(act, "cifar10"), recipe=args.recipe, seed=args.seed,
+                  out=ckpt.parent, device=args.device, epochs=epochs, download=args.download, progress=not args.quiet)
             models[act] = load_model(ckpt, device=args.device)
-    calib, held, test_batches = load_eval_data("cifar10", args.data_root, download=args.download, holdout=0,
-                                               n_test=args.n_test, batch_size=256)
+    return models
+
+
+def main(args: argparse.Namespace) -> int:
+    from baselines import list_methods
+    from ftbc.data.eval_sets import load_eval_data
+    from ftbc.data.prepare import resolve_data_root
+    from ftbc.options import parse_T
+    from ftbc.report.tables import write_method_table
+    from ftbc.run.evaluation import run, save_evaluation
+    from ftbc.train.loop import evaluate
+
+    out = Path(args.out)
+    Ts = parse_T(args.T)
+    args.data_root = str(resolve_data_root("cifar10", args.data_root, download=args.download))
+    names = list_methods() if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = quick_methods(names, args.ftbc_iterations)
+    models = ann_models(args, sorted({m.activation for m in methods}), training_epochs(args))
+    calib, _, test_batches = load_eval_data("cifar10", args.data_root, download=args.download, holdout=0,
+                                            n_test=args.n_test, batch_size=256)
+    ann_acc = {act: evaluate(model, test_batches, args.device) for act, (model, _) in models.items()}
     frames = []
     for method in methods:
-        model, meta = models[method.activation]
-        ann_acc = evaluate(model, test_batches, args.device)
+        act = method.activation
+        model, meta = models[act]
         print(f"{method.name}: converting and evaluating at T = {Ts[0]}..{Ts[-1]}")
         accuracy, activity, details = run(model=model, meta=meta, method=method, Ts=Ts, calib_data=calib,
-                                          test_batches=test_batches, ann_accuracy=ann_acc, seed=args.seed,
-                                          device=args.device, progress=progress)
-        write_outputs(out / method.name, accuracy, activity,
-                      dict(config=vars(args), method=method_record(method, budget=BUDGET), checkpoint=meta,
-                           ann_accuracy=ann_acc, **details))
+                                          test_batches=test_batches, ann_accuracy=ann_acc[act], seed=args.seed,
+                                          device=args.device, progress=not args.quiet)
+        save_evaluation(out / method.name, accuracy, activity, details, options=vars(args), method=method,
+                        budget=BUDGET, checkpoint=meta, ann_accuracy=ann_acc[act])
         frames.append(accuracy[accuracy["t"].isin(Ts)])
-    table = pivot(pd.concat(frames, ignore_index=True))
-    write_text(out / "table.csv", table.to_csv())
-    md = table.map(lambda v: f"{v:.2f}").to_markdown() if _has_tabulate() else table.round(2).to_string()
-    write_text(out / "table.md", md + "\n")
+    table = write_method_table(out, pd.concat(frames, ignore_index=True))
     print(f"\nSNN top-1 accuracy (%) on {test_batches.n_images:,} CIFAR-10 test images at each T "
           f"({out / 'table.csv'}):")
     print(table.round(2).to_string())
     return 0
-
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True
-

@@ -17,7 +17,7 @@ from ftbc.data.datasets import CIFAR_CLASSES
 from ftbc.errors import UserError
 from ftbc.run import grid
 from ftbc.run.evaluation import method_record
-from ftbc.run.quickstart import cpu_budget, quick_methods
+from ftbc.run.quickstart import quick_method, quick_methods
 
 # config/config.yaml's method_settings before the grid named its budget (cpu_grid)
 GRID_BEFORE = {
@@ -69,8 +69,8 @@ def test_cpu_quick_cuts_what_the_quickstart_cut():
         assert resolve_method(name, "cifar10", "cpu_quick") == get_method(name, "cifar10"), name
     # the quickstart runs that budget; --ftbc-iterations replaces only the iterations it cuts
     assert quick_methods(["ftbc_relu", "ftbc_qcfs"]) == [relu, get_method("ftbc_qcfs", "cifar10")]
-    assert cpu_budget(get_method("ftbc_relu", "cifar10"), 7).stage("ftbc").params["iterations"] == 7
-    assert cpu_budget(get_method("ftbc_qcfs", "cifar10"), 7) == get_method("ftbc_qcfs", "cifar10")
+    assert quick_method("ftbc_relu", 7) == relu.with_overrides({"ftbc.iterations": 7})
+    assert quick_method("ftbc_qcfs", 7) == get_method("ftbc_qcfs", "cifar10")
 
 
 def test_an_unknown_budget_is_one_line_naming_the_known_ones():

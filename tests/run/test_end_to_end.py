@@ -9,7 +9,7 @@ import pytest
 from baselines import get_method, list_methods
 from ftbc.data.eval_sets import load_eval_data
 from ftbc.run.evaluation import run
-from ftbc.run.quickstart import cpu_budget
+from ftbc.run.quickstart import quick_method
 from ftbc.train.loop import evaluate
 from ftbc.models.checkpoint import load_model, resolve_act_kwargs
 from ftbc.train.training import train
@@ -67,7 +67,7 @@ def test_ann_trains_to_a_useful_accuracy(trained):
 
 
 def test_ftbc_raises_low_T_accuracy_over_the_same_network_without_it(trained):
-    ftbc = cpu_budget(get_method("ftbc_relu", "cifar10"))  # 4 iterations x 2 batches of 128
+    ftbc = quick_method("ftbc_relu")  # 4 iterations x 2 batches of 128
     without = ftbc.with_overrides({"stages": ()})
     before, _ = accuracy(trained, without, [4])
     after, _ = accuracy(trained, ftbc, [4])
@@ -89,7 +89,7 @@ def test_snn_reaches_ann_accuracy_at_large_T(trained):
 
 @pytest.mark.parametrize("name", list_methods())
 def test_every_registered_method_runs_on_real_cifar10(one_epoch_anns, name):
-    method = cpu_budget(get_method(name, "cifar10"))
+    method = quick_method(name)
     anns = one_epoch_anns[method.activation]
     # A T-free method gets every t from one run, so it is checked at T=32 for the price of one
     # run (max-norm with v0 = 0 is still at chance at T=8); so is a method without calibration
