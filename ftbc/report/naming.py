@@ -25,8 +25,10 @@ NAMING = ("label", "family", "calibration", "rank")
 # The files of one ``ftbc evaluate`` output folder, by the workflow rule's output names: written by
 # ftbc.run.evaluation, read by the tables and figures, the rules' outputs (ftbc.run.grid.eval_files).
 RUN_FILES = {"result": "result.json", "accuracy": "accuracy.csv", "activity": "activity.csv"}
-# The tables ``ftbc tables`` writes, by the tables rule's output names, and its iterations figure.
-TABLE_FILES = {"accuracy": "accuracy.csv", "spikes": "spikes.csv", "summary": "summary.csv"}
+# The tables ``ftbc tables`` writes, by the tables rule's output names (iteration_log: FTBC's held-out
+# accuracy after each calibration iteration, the data of the iterations figure), and that figure.
+TABLE_FILES = {"accuracy": "accuracy.csv", "spikes": "spikes.csv", "summary": "summary.csv",
+               "iteration_log": "iterations.csv"}
 ITERATIONS_FIGURE = "ftbc_iterations.png"
 
 

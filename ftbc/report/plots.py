@@ -96,25 +96,33 @@ def iteration_log(run_dirs: Iterable[Path]) -> pd.DataFrame:
         for run in res["runs"]:
             for entry in run.get("log", []):
                 if entry.get("stage") == "ftbc" and "iteration" in entry and "holdout_acc" in entry:
-                    rows.append(dict(dataset=ckpt.get("dataset"), arch=ckpt.get("arch"),
+                    rows.append(dict(dataset=ckpt.get("dataset"), arch=ckpt.get("arch"), activation=ckpt.get("act"),
                                      method=res["method"]["name"], seed=res.get("config", {}).get("seed", 0),
                                      T=run["T"], iteration=entry["iteration"],
                                      accuracy=entry["holdout_acc"][run["T"] - 1]))
-    return pd.DataFrame(rows, columns=["dataset", "arch", "method", "seed", "T", "iteration", "accuracy"])
+    return pd.DataFrame(rows, columns=["dataset", "arch", "activation", "method", "seed", "T", "iteration",
+                                       "accuracy"])
 
 
 def plot_iterations(run_dirs: Iterable[Path], path: Path) -> pd.DataFrame:
-    """FTBC: held-out accuracy at T against calibration iteration, one panel per (dataset, arch, method)."""
+    """FTBC: held-out accuracy at T against calibration iteration, one panel per (dataset, arch, method);
+    a one-pass method on the same ANN (the quantile solver) is a dotted level line in that panel,
+    which is what the iterations are weighed against."""
     log = iteration_log(run_dirs)
     # a method calibrated in one iteration (the release's FTBC+QCFS) has a point, not a curve: no panel
-    panels = [(k, g) for k, g in log.groupby(["dataset", "arch", "method"]) if g["iteration"].nunique() > 1] \
-        if not log.empty else []
+    groups = list(log.groupby(["dataset", "arch", "method"])) if not log.empty else []
+    panels = [(k, g) for k, g in groups if g["iteration"].nunique() > 1]
+    one_pass = pd.concat([g for _, g in groups if g["iteration"].nunique() == 1] or [log.iloc[:0]])
     n = max(len(panels), 1)
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False)
     for ax, ((dataset, arch, method), g) in zip(axes[0], panels):
         for i, (T, c) in enumerate(g.groupby("T")):
             curve = c.groupby("iteration")["accuracy"].mean()
             ax.plot(curve.index, curve.values, marker=".", color=f"C{i % 10}", label=f"T={T}")
+            level = one_pass[(one_pass["dataset"] == dataset) & (one_pass["arch"] == arch) & (one_pass["T"] == T)
+                             & (one_pass["activation"] == g["activation"].iloc[0])]
+            for other, o in level.groupby("method"):
+                ax.axhline(o["accuracy"].mean(), color=f"C{i % 10}", ls=":", lw=1.2, label=f"{other} T={T}")
         ax.set_title(f"{method}\n{dataset} / {arch}", fontsize=9)
         ax.set_xlabel("calibration iteration")
         ax.xaxis.get_major_locator().set_params(integer=True)

@@ -321,7 +321,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--published", default="results/published/published_results.csv",
                    help="published figures (CSV: source,dataset,arch,method,ann_acc,T,acc,note)")
     p.add_argument("--T", default="1,2,4,8,16,32", help="time steps shown in the paper-style tables")
-    p.add_argument("--out", required=True, help="output folder (accuracy.csv, spikes.csv, paper tables)")
+    p.add_argument("--out", required=True,
+                   help="output folder (accuracy.csv, spikes.csv, iterations.csv, paper tables)")
     p.add_argument("--figures", help="folder for the PNG figures (OUT/figures when not given)")
     p.add_argument("--published-style", choices=PUBLISHED_STYLES, default="beside",
                    help="published figures in each cell (beside), in a row under each method (below), or not at all")
@@ -359,7 +360,8 @@ def main(args: argparse.Namespace) -> int:
                    "Conversion gap (ANN - SNN, points) against the published gap at each T; calibration "
                    "wall time per run.\n\n" + to_markdown(gap_table(summary, dataset)))
         plot_accuracy_vs_T(acc, published, dataset, figures)
-    plot_iterations([_run_dir(r) for r in args.runs], figures / ITERATIONS_FIGURE)
+    iterations = plot_iterations([_run_dir(r) for r in args.runs], figures / ITERATIONS_FIGURE)
+    write_text(out / TABLE_FILES["iteration_log"], iterations.to_csv(index=False))
     write_text(out / "run.yaml", yaml.safe_dump({**vars(args), "runs": len(args.runs)}, sort_keys=False))
     print(f"{len(acc)} rows from {len(args.runs)} runs -> {out}")
     return 0

@@ -174,7 +174,7 @@ def test_cli_writes_tables_and_figures(runs, published, tmp_path):
     args = tables.get_args_parser().parse_args([*map(str, runs), "--published", str(published), "--T", "1,2,4",
                                                 "--out", str(out)])
     assert tables.main(args) == 0
-    for name in ("accuracy.csv", "spikes.csv", "summary.csv", "cifar10.md", "cifar10.tex", "cifar10.html",
+    for name in ("accuracy.csv", "spikes.csv", "summary.csv", "iterations.csv", "cifar10.md", "cifar10.tex", "cifar10.html",
                  "cifar10_gaps.md", "run.yaml"):
         assert (out / name).stat().st_size > 0
     for png in ("cifar10_tiny_accuracy.png", "ftbc_iterations.png"):
@@ -206,14 +206,17 @@ def test_iteration_figure_draws_only_methods_that_iterate(tmp_path, monkeypatch)
     from ftbc.report import plots
 
     log = pd.DataFrame({"dataset": "cifar10", "arch": "tiny", "seed": 0, "T": 4,
-                        "method": ["one_pass", "iterating", "iterating"], "iteration": [1, 1, 2],
-                        "accuracy": [40.0, 41.0, 42.0]})
+                        "activation": ["relu", "relu", "relu", "qcfs"],
+                        "method": ["one_pass", "iterating", "iterating", "other_ann"], "iteration": [1, 1, 2, 1],
+                        "accuracy": [40.0, 41.0, 42.0, 43.0]})
     monkeypatch.setattr(plots, "iteration_log", lambda run_dirs: log)
     drawn = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.extend(a.get_title() for a in fig.axes))
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.extend(
+        (a.get_title(), [(line.get_label(), list(line.get_ydata())) for line in a.get_lines()]) for a in fig.axes))
     out = plots.plot_iterations([], tmp_path / "it.png")
-    assert len(out) == 3  # the log keeps every entry
-    assert drawn == ["iterating\ncifar10 / tiny"]
+    assert len(out) == 4  # the log keeps every entry
+    # the one-pass method on the same ANN is a level line in the iterating method's panel; the other ANN's is not
+    assert drawn == [("iterating\ncifar10 / tiny", [("T=4", [41.0, 42.0]), ("one_pass T=4", [40.0, 40.0])])]
 
 
 def test_html_page_is_byte_identical_across_calls():

@@ -15,6 +15,7 @@ rule tables:
             caption="../report/spikes.rst",
         ),
         summary=f"{RESULTS}/{TABLE_FILES['summary']}",
+        iteration_log=f"{RESULTS}/{TABLE_FILES['iteration_log']}",
         markdown=[f"{RESULTS}/{d}.md" for d in grid.datasets(config)],
         latex=[f"{RESULTS}/{d}.tex" for d in grid.datasets(config)],
         html=report(
