@@ -5,7 +5,7 @@ form (a field such as ``threshold_positions`` or ``<stage>.<param>`` such as
 ``ftbc.iterations``). ``release`` changes nothing; the others are the CPU cuts the
 drivers run with: the quickstart (``cpu_quick``), the default grid (``cpu_grid``,
 ``config/config.yaml``), the smoke grid on a 1,500-image slice (``cpu_smoke``) and the
-solver comparison of ``scripts/compare_ftbc_solvers.sh`` (``cpu_mse``). A method a budget
+solver comparison of ``config/ftbc-solvers.yaml`` (``cpu_mse``). A method a budget
 does not name runs its release settings. :func:`resolve_method` is how every driver
 gets a method: the registry's, for the dataset, the budget's overrides, then the
 caller's own (``--set``, a configuration's ``method_settings``) on top. Which budget
@@ -64,7 +64,7 @@ BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
         "ftbc_rts": {"threshold_batches": 2, "ftbc.iterations": 2},
         "ftbc_rts_quantile": {"threshold_batches": 2, "ftbc.batches": 2},
     },
-    # scripts/compare_ftbc_solvers.sh: FTBC's release settings; only SNNC's MSE threshold search
+    # config/ftbc-solvers.yaml: FTBC's release settings; only SNNC's MSE threshold search
     # (under ftbc_relu) on 16,384 positions.
     "cpu_mse": {
         "snnc_light": dict(_MSE_16K),

@@ -184,7 +184,7 @@ def test_prepare_names_what_is_wrong(tmp_path):
 
 
 def test_shipped_configs_load_into_a_grid():
-    for name in ("config.yaml", "smoke.yaml", "paper.yaml", "cifar10-resnet20.yaml"):
+    for name in ("config.yaml", "smoke.yaml", "paper.yaml", "cifar10-resnet20.yaml", "ftbc-solvers.yaml"):
         c = yaml.safe_load(open(f"config/{name}"))
         c.setdefault("workdir", "runs/x")
         assert grid.evaluations(c), name
