@@ -192,3 +192,38 @@ def test_calibrated_methods_match_the_graph_walk_end_to_end(make, name, dataset,
     out = simulate(ours.snn, x, T, mode="s")
     assert torch.equal(out, simulate(theirs.snn, x, T, mode="s"))
     assert torch.equal(accuracy_per_step(ours.snn, [(x, y)], T), accuracy_per_step(theirs.snn, [(x, y)], T))
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("make", NETS)
+def test_drivers_put_the_neurons_back_even_when_an_update_raises(make, monkeypatch):
+    import ftbc.snn.ftbc_solvers as solvers
+
+    snn, ann, x = uncalibrated(make)
+    before = dict(snn.named_modules())
+    ref = simulate(snn, x, T, mode="s")
+    calls = []
+
+    def fail_at_second(*args, **kwargs):  # the layer-major pass's second layer, the step pass's first
+        calls.append(1)
+        if len(calls) >= 2:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        calibration.layerwise_pass(snn, ann, x, T, fail_at_second)
+    monkeypatch.setattr(solvers, "ftbc_heuristic_step", fail_at_second)
+    with pytest.raises(_Stop):
+        stepwise_ftbc_pass(snn, ann, x, T, 0.5)
+    assert len(calls) == 3
+    after = dict(snn.named_modules())
+    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
+    assert all(n.step_mode == "s" and n.v is None for n in snn.modules() if isinstance(n, IFNeuron))
+    assert torch.equal(simulate(snn, x, T, mode="s"), ref)  # the failed passes changed no parameter
+
+
+def test_the_neuron_holds_no_driver_or_backend_state():
+    n = IFNeuron(threshold=1.0)
+    assert set(vars(n)) - set(vars(torch.nn.Module())) == {"step_mode", "n_steps", "v", "t"}
