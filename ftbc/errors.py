@@ -15,3 +15,8 @@ class CheckpointError(UserError):
 
 class TrainingError(UserError):
     """A training run cannot go on (bad settings, or the loss diverged)."""
+
+
+def one_line(e: BaseException) -> str:
+    """``e``'s message with its whitespace runs collapsed: the CLI prints a UserError as one line."""
+    return " ".join(str(e).split())

@@ -19,7 +19,8 @@ from baselines import get_method
 from ftbc.snn.calibration import ann_targets
 from ftbc.snn.conversion import convert
 from ftbc.snn.graph import spiking_layers
-from ftbc.data.datasets import build_transform, load_split
+from ftbc.data.splits import load_split
+from ftbc.data.transforms import build_transform
 from ftbc.data.prepare import resolve_data_root
 from ftbc.snn.simulation import correct_per_step, simulate
 from ftbc.models.checkpoint import load_model

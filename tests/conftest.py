@@ -60,7 +60,7 @@ def cifar10_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def cifar10_train(cifar10_root: Path):
     """The real training split as a TensorImageDataset without transform (do not mutate)."""
-    from ftbc.data.datasets import load_split
+    from ftbc.data.splits import load_split
 
     return load_split("cifar10", cifar10_root, "train")
 
@@ -68,7 +68,7 @@ def cifar10_train(cifar10_root: Path):
 @pytest.fixture(scope="session")
 def cifar10_test(cifar10_root: Path):
     """The real test split as a TensorImageDataset without transform (do not mutate)."""
-    from ftbc.data.datasets import load_split
+    from ftbc.data.splits import load_split
 
     return load_split("cifar10", cifar10_root, "test")
 
@@ -100,7 +100,7 @@ def write_imagefolder(root: Path, *, classes: int | Sequence[str] = 3, per_class
 def write_cifar10_tree(root: Path, *, train_per_class: int, test_per_class: int) -> Path:
     """Random 32x32 PNGs (lossless) in the 10 CIFAR-10 class folders, ``train`` drawn with seed 0 and ``test``
     with seed 1; returns ``root`` (name it ``.../cifar10-jpeg``)."""
-    from ftbc.data.datasets import CIFAR_CLASSES
+    from ftbc.data.catalog import CIFAR_CLASSES
 
     classes = CIFAR_CLASSES["cifar10"]
     write_imagefolder(root, classes=classes, per_class=train_per_class, splits=("train",), ext=".png", seed=0)

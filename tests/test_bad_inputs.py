@@ -28,7 +28,7 @@ from conftest import cli_env
 
 from ftbc import models
 from ftbc._io import save_checkpoint, sha256_file, sidecar_path
-from ftbc.data.datasets import CIFAR_CLASSES
+from ftbc.data.catalog import CIFAR_CLASSES
 
 # Calibration sizes a 20-image training split can feed: thresholds, then the FTBC stage.
 SMALL = ("--set", "threshold_batches=1", "--set", "threshold_batch_size=4", "--set", "threshold_positions=64")

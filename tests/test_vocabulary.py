@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ftbc.data.datasets import DATASET_NAMES, DATASET_NAMES_TEXT, DATASETS
+from ftbc.data.catalog import DATASETS, DATASET_NAMES, DATASET_NAMES_TEXT
 from ftbc.models.activations import ACTIVATIONS, QCFS, QCFS_DEFAULT_INIT_LAMBDA, QCFS_DEFAULT_L
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ def test_every_registered_method_needs_a_known_activation():
     assert {get_method(n).activation for n in list_methods()} <= set(ACTIVATIONS)
 
 
-# -- dataset names and normalisation: ftbc.data.datasets.DATASETS ----------------------------------
+# -- dataset names and normalisation: ftbc.data.catalog.DATASETS -----------------------------------
 
 def test_dataset_names_have_one_home():
     from ftbc.data.prepare import get_args_parser as prepare_parser
@@ -214,7 +214,7 @@ def test_models_and_methods_read_their_papers():
 # -- no restatement comes back ----------------------------------------------------------------------
 
 RESTATEMENTS = [  # (a literal a restatement would bring back, the one file allowed to hold it)
-    (r"0\.4914|0\.2023|0\.485\b|0\.229\b", "ftbc/data/datasets.py"),
+    (r"0\.4914|0\.2023|0\.485\b|0\.229\b", "ftbc/data/catalog.py"),
     (r"relu\|qcfs|cifar10\|cifar100", None),
     (r"""["']relu["'],\s*["']qcfs["'],\s*["']clip["']""", None),
     (r'"result\.json"|"activity\.csv"', "ftbc/report/naming.py"),  # accuracy.csv also names the tables' file

@@ -11,8 +11,8 @@ tensor-core throughput, so :func:`fast_simulate` runs the layer-major order
   layers round differently; spikes can therefore differ from an fp32 run.
 - ``channels_last`` weights and input (NHWC convolutions on tensor cores);
 - ``compile_scan``: the IF step as one fused kernel via ``torch.compile``
-  (bit-equal to :func:`ftbc.snn.neuron.if_step_`; off by default, it compiles
-  for ~20-60 s on first use);
+  inside :func:`compiled_scan` (bit-equal to :func:`ftbc.snn.neuron.if_step_`;
+  off by default, it compiles for ~20-60 s on first use);
 - chunks sized to free device memory (:func:`auto_chunk`), halved and retried
   on an out-of-memory error.
 
@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Callable, Iterator
+from typing import Callable, ContextManager, Iterator
 
 import torch
 from torch import Tensor, nn
 
-from ftbc.snn.neuron import if_step_, neurons
+from ftbc.snn.neuron import step_backend
 from ftbc.snn.simulation import StepMode, default_chunk, default_mode, simulate
 
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -84,7 +84,7 @@ def to_channels_last(snn: nn.Module, x: Tensor) -> tuple[nn.Module, Tensor]:
 
 
 def _fused_step(v: Tensor, x: Tensor, theta: Tensor, out: Tensor | None = None) -> Tensor:
-    """:func:`if_step_` written for the compiler: one read of v and x, one write of v and out."""
+    """:func:`ftbc.snn.neuron.if_step_` written for the compiler: one read of v and x, one write of v and out."""
     m = v + x
     o = torch.where(m >= theta, theta, torch.zeros_like(theta))
     v.copy_(m - o)
@@ -99,10 +99,9 @@ def compiled_step() -> Callable[..., Tensor]:
     return torch.compile(_fused_step, dynamic=True)
 
 
-def compile_neurons(snn: nn.Module, enable: bool = True) -> None:
-    """Give every neuron of ``snn`` the compiled step (``enable=False`` restores the eager one)."""
-    for _, n in neurons(snn):
-        n.step_fn = compiled_step() if enable else if_step_
+def compiled_scan() -> ContextManager[None]:
+    """Inside the block every neuron runs the compiled step (:func:`ftbc.snn.neuron.step_backend`)."""
+    return step_backend(compiled_step())
 
 
 def auto_chunk(snn: nn.Module, x: Tensor, T: int, mode: str, *, fraction: float = 0.5, probe: int = 4) -> int:

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from ftbc.bench import reference as _reference
 from ftbc.interop import export_spikingjelly as _spikingjelly
 from ftbc.bench.memory import peak_memory
-from ftbc.bench.accel import PRECISIONS, auto_chunk, compile_neurons, fast_simulate, precision, to_channels_last
+from ftbc.bench.accel import PRECISIONS, auto_chunk, compiled_scan, fast_simulate, precision, to_channels_last
 from ftbc.snn.ftbc_solvers import ftbc_heuristic_update
 from ftbc.snn.calibration import layerwise_pass
 from ftbc.snn.simulation import default_mode, simulate
@@ -87,6 +87,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _compiled(run: Callable[[], Tensor]) -> Callable[[], Tensor]:
+    """``run`` with every neuron on the compiled IF step (:func:`ftbc.bench.accel.compiled_scan`)."""
+    def compiled_run() -> Tensor:
+        with compiled_scan():
+            return run()
+    return compiled_run
+
+
 def candidates(s: Setup, *, precision_mode: str = "fp32", channels_last: bool = False,
                compile_scan: bool = False, chunk: int | None = None) -> dict[str, Callable[[], Any] | None]:
     """Name -> zero-argument callable (None where the candidate cannot run here).
@@ -105,18 +113,18 @@ def candidates(s: Setup, *, precision_mode: str = "fp32", channels_last: bool = 
             for _ in range(T):
                 ann(x)
 
-    def suite(mode: str, net: nn.Module = snn) -> Callable[[], Tensor]:
+    def suite(mode: str) -> Callable[[], Tensor]:
         if dev.type == "cpu" and precision_mode == "fp32":
-            return lambda: simulate(net, x, T, mode=mode, chunk_size=chunk)
+            return lambda: simulate(snn, x, T, mode=mode, chunk_size=chunk)
         order = default_mode(dev, x.shape[0], T) if mode == "auto" else mode
         with precision(dev, precision_mode):
-            size = chunk or auto_chunk(net, x, T, order)  # sized once, outside the timed calls
-        return lambda: fast_simulate(net, x, T, mode=order, precision_mode=precision_mode, chunk_size=size)
+            size = chunk or auto_chunk(snn, x, T, order)  # sized once, outside the timed calls
+        return lambda: fast_simulate(snn, x, T, mode=order, precision_mode=precision_mode, chunk_size=size)
 
-    compiled = None
+    snn_compiled = None
     if compile_scan:
-        compiled = copy.deepcopy(snn)
-        compile_neurons(compiled)
+        with compiled_scan():
+            snn_compiled = _compiled(suite("auto"))  # on CUDA the chunk is sized running the compiled step
 
     plain = _reference.plain_copy(s.snn)
     cal_fast, cal_release = copy.deepcopy(s.snn), copy.deepcopy(s.snn)
@@ -125,7 +133,7 @@ def candidates(s: Setup, *, precision_mode: str = "fp32", channels_last: bool = 
         "snn": suite("auto"),
         "snn_s": suite("s"),
         "snn_m": suite("m"),
-        "snn_compiled": suite("auto", compiled) if compiled is not None else None,
+        "snn_compiled": snn_compiled,
         "stepwise": lambda: _reference.stepwise_simulate(plain, s.x, T),
         "spikingjelly_single": None,
         "spikingjelly_multi": None,

@@ -35,7 +35,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ftbc.data.datasets import build_transform, calibration_batches, dataset_info
+from ftbc.data.catalog import dataset_info
+from ftbc.data.draws import calibration_batches
+from ftbc.data.transforms import build_transform
 from ftbc.errors import DataError
 
 TRANSFORMS = ("train", "test")

@@ -9,7 +9,8 @@ import torch
 from torch import Tensor
 
 from ftbc.data.calibration_pool import CalibrationPool, holdout_indices
-from ftbc.data.datasets import build_transform, load_split
+from ftbc.data.splits import load_split
+from ftbc.data.transforms import build_transform
 from ftbc.errors import UserError
 
 

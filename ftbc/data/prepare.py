@@ -88,7 +88,7 @@ def make_subset(tree: Path, dest: Path, limits: Limits) -> Path:
     For smoke runs: the same pipeline on a slice small enough for CI (None: a
     split whole). Symbolic links, built in a temporary folder renamed into place.
     """
-    from ftbc.data.datasets import SPLIT_FOLDERS
+    from ftbc.data.splits import SPLIT_FOLDERS
 
     if dest.is_dir():
         return dest
@@ -107,10 +107,10 @@ def make_subset(tree: Path, dest: Path, limits: Limits) -> Path:
 
 
 def find_tree(root: Path, dataset: str = "cifar10") -> Path:
-    """The folder holding ``train/`` and ``test/`` under ``root`` (see :func:`ftbc.data.datasets.load_split`)."""
-    from ftbc.data.datasets import _find_tree
+    """The folder holding ``train/`` and ``test/`` under ``root`` (see :func:`ftbc.data.splits.load_split`)."""
+    from ftbc.data import splits
 
-    tree = _find_tree(root, dataset) if root.is_dir() else None
+    tree = splits.find_tree(root, dataset) if root.is_dir() else None
     if tree is None or not (tree / "train").is_dir():
         raise DataError(f"{root} holds no {dataset} ImageFolder tree (train/ and test/)")
     return tree
@@ -134,7 +134,7 @@ def candidates(dataset: str) -> list[Path]:
     """Where a data root is looked for when none is given, in order: the checkout's ``data/``
     (the extracted ``<name>-jpeg`` folder, then its archive), then the archive in
     ``../shared/data/`` beside the checkout, then ``$FTBC_DATA_ROOT``."""
-    from ftbc.data.datasets import dataset_info
+    from ftbc.data.catalog import dataset_info
 
     name = f"{dataset_info(dataset).name}-jpeg"
     found = [CHECKOUT / "data" / name, CHECKOUT / "data" / f"{name}.tar.gz",
@@ -169,11 +169,12 @@ def resolve_data_root(dataset: str, root: str | Path | None, *, download: bool =
     if is_archive(root):
         if not root.is_file():
             raise DataError(f"archive {root} does not exist")
-        from ftbc.data.datasets import _cache_dir, dataset_info
+        from ftbc.data.catalog import dataset_info
+        from ftbc.data.in_memory import cache_dir
 
         st = root.resolve().stat()
         key = hashlib.sha256(f"{root.resolve()}\n{st.st_size}\n{st.st_mtime_ns}".encode()).hexdigest()[:16]
-        return find_tree(extract(root, _cache_dir() / "extracted" / f"{root.name}-{key}"),
+        return find_tree(extract(root, cache_dir() / "extracted" / f"{root.name}-{key}"),
                          dataset_info(dataset).name)
     return root
 
@@ -181,7 +182,8 @@ def resolve_data_root(dataset: str, root: str | Path | None, *, download: bool =
 def prepare(dataset: str, root: str | Path, *, extract_to: str | Path | None = None,
             download: bool = False, subset: Limits | None = None) -> dict:
     """Resolve ``root`` (extracting an archive, taking a subset), load both splits, return what was found."""
-    from ftbc.data.datasets import dataset_info, load_split
+    from ftbc.data.catalog import dataset_info
+    from ftbc.data.splits import load_split
 
     info = dataset_info(dataset)
     if str(root) == AUTO:
@@ -208,7 +210,7 @@ def prepare(dataset: str, root: str | Path, *, extract_to: str | Path | None = N
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    from ftbc.data.datasets import DATASET_NAMES_TEXT
+    from ftbc.data.catalog import DATASET_NAMES_TEXT
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=add_help)
     p.add_argument("--dataset", required=True, help=DATASET_NAMES_TEXT)

@@ -31,7 +31,7 @@ import timm
 import torch
 from torch import Tensor, nn
 
-from ftbc.data import datasets as ftbc_data
+from ftbc.data.catalog import DATASETS, DATASET_NAMES, DATASET_NAMES_TEXT, DatasetInfo, dataset_info
 from ftbc import models as ftbc_models
 from ftbc._io import save_checkpoint, sha256_file
 from ftbc.errors import CheckpointError, UserError
@@ -230,16 +230,16 @@ def _activation(release: str, path: Path, act: str | None, L: int | None,
     return act, L, y_th, notes
 
 
-def _dataset(classes: int, dataset: str | None, num_classes: int | None) -> ftbc_data.DatasetInfo:
+def _dataset(classes: int, dataset: str | None, num_classes: int | None) -> DatasetInfo:
     """The dataset: given, else the one with as many classes as the file's classifier; they must agree."""
     if num_classes is not None and num_classes != classes:
         raise CheckpointError(f"--num-classes {num_classes}, but the file's classifier has {classes} outputs")
     if dataset is None:
-        by_classes = {info.num_classes: name for name, info in ftbc_data.DATASETS.items()}
+        by_classes = {info.num_classes: name for name, info in DATASETS.items()}
         if classes not in by_classes:
             raise CheckpointError(f"the classifier has {classes} outputs, which no dataset of the suite has")
         dataset = by_classes[classes]
-    info = ftbc_data.dataset_info(dataset)
+    info = dataset_info(dataset)
     if info.num_classes != classes:
         raise CheckpointError(f"--dataset {info.name} has {info.num_classes} classes, the file's classifier {classes}")
     return info
@@ -311,8 +311,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--arch", required=True,
                    help="the suite's model for it: " + "; ".join(f"{r}: {', '.join(t)}" for r, t in LAYOUTS.items()))
     p.add_argument("--dataset", default=None,
-                   help=f"{ftbc_data.DATASET_NAMES_TEXT} (default: from the classifier's outputs, "
-                        f"{' / '.join(str(ftbc_data.DATASETS[d].num_classes) for d in ftbc_data.DATASET_NAMES)})")
+                   help=f"{DATASET_NAMES_TEXT} (default: from the classifier's outputs, "
+                        f"{' / '.join(str(DATASETS[d].num_classes) for d in DATASET_NAMES)})")
     p.add_argument("--num-classes", type=int, default=None, help="check the classifier has this many outputs")
     p.add_argument("--act", default=None, choices=ACTIVATIONS,
                    help="activation (default the release's: qcfs for QCFS, relu for SNNC, clip for RTS; "

@@ -19,7 +19,7 @@ from timm.models import build_model_with_cfg
 from timm.models import register_model as _timm_register_model
 from torch import nn
 
-from ftbc.data.datasets import DATASETS
+from ftbc.data.catalog import DATASETS
 
 from .activations import ACT_KWARGS, get_act_layer
 
@@ -31,7 +31,7 @@ _ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
 _ACT_KEYS = tuple(sorted({k for keys in ACT_KWARGS.values() for k in keys}))
 
 # Normalisation of the releases (docs/methods.md section 7), from the dataset table
-# (ftbc.data.datasets.DATASETS, its single home); CIFAR-100 recipes override it.
+# (ftbc.data.catalog.DATASETS, its single home); CIFAR-100 recipes override it.
 CIFAR10_MEAN, CIFAR10_STD = DATASETS["cifar10"].mean, DATASETS["cifar10"].std
 IMAGENET_MEAN, IMAGENET_STD = DATASETS["imagenet"].mean, DATASETS["imagenet"].std
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from ftbc import models as ftbc_models
 from ftbc._io import load_checkpoint
-from ftbc.data import datasets as ftbc_data
+from ftbc.data.catalog import dataset_info
 from ftbc.errors import CheckpointError, TrainingError
 from ftbc.models.activations import ACT_KWARGS, ACTIVATIONS, QCFS_DEFAULT_INIT_LAMBDA, QCFS_DEFAULT_L
 
@@ -42,7 +42,7 @@ Y_TH_HELP = (f"{DEFAULT_Y_TH['cifar10']:g} CIFAR-10, {DEFAULT_Y_TH['cifar100']:g
 
 def qcfs_levels(dataset: str, arch: str | None = None) -> int:
     """QCFS's L for ``dataset`` and model ``arch`` from :data:`QCFS_L` (:data:`DEFAULT_L` where it has none)."""
-    name = ftbc_data.dataset_info(dataset).name
+    name = dataset_info(dataset).name
     family = arch.split("_", 1)[0] if arch else None
     for key in ((name, family), (name, "*")):
         if key in QCFS_L:
@@ -70,7 +70,7 @@ def resolve_act_kwargs(act: str, dataset: str, *, arch: str | None = None, L: in
             raise TrainingError(f"QCFS needs an integer L >= 1 and init_lambda > 0, got L={L}, init_lambda={init_lambda}")
         return {"L": int(L), "init_lambda": float(init_lambda)}
     if act == "clip":
-        y_th = DEFAULT_Y_TH[ftbc_data.dataset_info(dataset).name] if y_th is None else y_th
+        y_th = DEFAULT_Y_TH[dataset_info(dataset).name] if y_th is None else y_th
         if not y_th > 0:
             raise TrainingError(f"--y-th must be > 0, got {y_th}")
         return {"y_th": float(y_th)}

@@ -32,6 +32,7 @@ The solvers' per-layer updates are in :mod:`ftbc.snn.ftbc_solvers`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ from torch import Tensor, nn
 
 from ftbc.data.calibration_pool import draw_batches
 from ftbc.snn.ftbc_solvers import ftbc_heuristic_update, ftbc_quantile_update, stepwise_ftbc_pass
-from ftbc.snn.graph import activation_outputs, activation_sites
+from ftbc.snn.graph import activation_outputs, activation_sites, intercepted
 from ftbc.snn.neuron import IFNeuron, exact, neurons
 from ftbc.snn.simulation import LAYER_MAJOR_BUDGET, accuracy_per_step, memory_budget, reset_net, set_step_mode
 from ftbc.snn.stages import register_stage
@@ -74,22 +75,21 @@ def layerwise_pass(snn: nn.Module, ann: nn.Module, x: Tensor, T: int, update: Up
     which spares the layer's rerun; otherwise whatever ``update`` returns is ignored.
     """
     targets = ann_targets(ann, x)
-    layers = neurons(snn)
 
-    def hook(neuron: IFNeuron, xs: Tensor, name: str) -> Tensor | None:
-        out = update(name, neuron, xs, targets[name])
-        return out if returns_outputs else None
+    def fire(name: str, n: IFNeuron, current: Tensor) -> Tensor:
+        xs = n.split_steps(current)
+        out = update(name, n, xs, targets[name])
+        if out is None or not returns_outputs:
+            out = n.run_steps(xs)
+        return out.view_as(current)
 
-    for name, n in layers:
-        if name in targets:
-            n.calibration_hook = lambda neuron, xs, name=name: hook(neuron, xs, name)
+    fires = {name: functools.partial(fire, name) for name, _ in neurons(snn) if name in targets}
     set_step_mode(snn, "m", T)
     reset_net(snn)
     try:
-        snn(x.unsqueeze(0).expand(T, *x.shape).reshape(T * x.shape[0], *x.shape[1:]))
+        with intercepted(snn, fires):
+            snn(x.unsqueeze(0).expand(T, *x.shape).reshape(T * x.shape[0], *x.shape[1:]))
     finally:
-        for _, n in layers:
-            n.calibration_hook = None
         set_step_mode(snn, "s")
         reset_net(snn)
 

@@ -9,11 +9,13 @@ drives them is :func:`ftbc.snn.calibration.ftbc_stage`).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
 
-from ftbc.snn.graph import activation_outputs
-from ftbc.snn.neuron import IFNeuron, channel_view, if_step_, neurons
+from ftbc.snn.graph import activation_outputs, intercepted
+from ftbc.snn.neuron import IFNeuron, channel_view, exact, if_step_, neurons
 from ftbc.snn.simulation import reset_net, set_step_mode
 
 
@@ -91,23 +93,23 @@ def stepwise_ftbc_pass(snn: nn.Module, ann: nn.Module, x: Tensor, T: int, alpha:
     activations instead of all T steps of a layer: memory independent of T.
     """
     goals = ann_channel_means(ann, x)
-    layers = [(name, n) for name, n in neurons(snn) if name in goals]
 
-    def hook(n: IFNeuron, xt: Tensor, t: int, goal: Tensor) -> Tensor:
-        if t == 0:
+    def fire(name: str, n: IFNeuron, xt: Tensor) -> Tensor:  # step n.t of layer ``name``
+        xt = exact(xt)
+        if n.t == 0:
             ensure_bias(n, T, xt.shape[1])
-        return ftbc_heuristic_step(n, n.v, xt, t, goal, alpha)
+        out = ftbc_heuristic_step(n, n.membrane(xt), xt, n.t, goals[name], alpha)
+        n.t += 1
+        return out
 
-    for name, n in layers:
-        n.step_hook = lambda neuron, xt, t, goal=goals[name]: hook(neuron, xt, t, goal)
+    fires = {name: functools.partial(fire, name) for name, _ in neurons(snn) if name in goals}
     set_step_mode(snn, "s")
     reset_net(snn)
     try:
-        for _ in range(T):
-            snn(x)
+        with intercepted(snn, fires):
+            for _ in range(T):
+                snn(x)
     finally:
-        for _, n in layers:
-            n.step_hook = None
         reset_net(snn)
 
 

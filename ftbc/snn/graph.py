@@ -1,13 +1,15 @@
 """Graph surgery on a traced network (torch.fx): tracing with the activations kept as leaves,
-BN folding, finding the activation sites and spiking layers, residual additions, and placing
-IF neurons where the activations were. Shared by conversion, calibration and the saved-SNN format.
+BN folding, finding the activation sites and spiking layers, residual additions, placing
+IF neurons where the activations were, and standing in for neurons while a calibration
+driver runs. Shared by conversion, calibration and the saved-SNN format.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import operator
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import fx, nn
@@ -72,6 +74,50 @@ def spiking_layers(snn: fx.GraphModule) -> list[tuple[str, IFNeuron]]:
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, leaf = name.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, leaf, module)
+
+
+# fire(neuron, x) -> the output that stands for neuron(x).
+FireFn = Callable[[IFNeuron, torch.Tensor], torch.Tensor]
+
+
+class _StandIn(nn.Module):
+    """Takes a neuron's place in the forward and calls ``fire(neuron, x)`` instead of it.
+
+    The neuron stays registered (as ``neuron``), so device moves still reach it; its
+    forward hooks do not run while it is replaced.
+    """
+
+    def __init__(self, neuron: IFNeuron, fire: FireFn):
+        super().__init__()
+        self.neuron = neuron
+        self.fire = fire
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fire(self.neuron, x)
+
+
+@contextlib.contextmanager
+def intercepted(model: nn.Module, fires: Mapping[str, FireFn]) -> Iterator[None]:
+    """Inside the block, a forward of ``model`` calls ``fires[name](neuron, x)`` where the neuron
+    ``name`` would run; the neurons are put back on exit, also after an exception.
+
+    How a calibration driver reaches into a running forward (a layer's input current
+    before it fires, or one step of it) without the neuron knowing of drivers. The
+    submodules are swapped on their parent modules, which is what a traced
+    ``fx.GraphModule``'s generated code looks up.
+    """
+    originals: dict[str, nn.Module] = {}
+    try:
+        for name, fire in fires.items():
+            neuron = model.get_submodule(name)
+            if not name or not isinstance(neuron, IFNeuron):
+                raise ValueError(f"{name!r} is not an IF neuron inside the model")
+            originals[name] = neuron
+            _set_submodule(model, name, _StandIn(neuron, fire))
+        yield
+    finally:
+        for name, neuron in originals.items():
+            _set_submodule(model, name, neuron)
 
 
 # Graph calls that sum two currents: a residual block's main path and its shortcut.

@@ -19,13 +19,18 @@ with T folded into the batch, [T*N, ...], and scans over T inside. Input that
 arrives in half precision (autocast on a GPU, :mod:`ftbc.bench.accel`) is integrated
 in float32: the membrane is never rounded.
 
-The neuron keeps no statistics: spike counts are observed from outside by
-:class:`ftbc.snn.monitors.SpikeMonitor` (forward hooks).
+The neuron keeps its dynamics only. Spike counts are observed from outside by
+:class:`ftbc.snn.monitors.SpikeMonitor` (forward hooks); the calibration drivers
+stand in for a neuron while they run (:func:`ftbc.snn.graph.intercepted`); and
+which implementation of the IF step runs is chosen per block of code
+(:func:`step_backend`), not per neuron.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+import contextvars
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -60,6 +65,28 @@ def if_step_(v: Tensor, x: Tensor, theta: Tensor, out: Tensor | None = None) -> 
     return out
 
 
+# (v, x, theta, out=None) -> theta * s, advancing v in place: :func:`if_step_` or a bit-equal replacement.
+StepFn = Callable[..., Tensor]
+
+_STEP: contextvars.ContextVar[StepFn] = contextvars.ContextVar("ftbc_if_step", default=if_step_)
+
+
+@contextlib.contextmanager
+def step_backend(step: StepFn) -> Iterator[None]:
+    """Every neuron runs ``step`` instead of :func:`if_step_` inside the block (restored on exit).
+
+    A backend setting, not a method's: ``step`` must be bit-equal to :func:`if_step_`
+    (:func:`ftbc.bench.accel.compiled_scan` swaps in a compiled kernel). A context
+    variable, so a thread or task sees only the backend it chose; reading it is one
+    lookup per step, as reading a neuron attribute was.
+    """
+    token = _STEP.set(step)
+    try:
+        yield
+    finally:
+        _STEP.reset(token)
+
+
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
@@ -73,14 +100,6 @@ def channel_view(p: Tensor, ndim: int) -> Tensor:
     if p.dim() == 1 and ndim > 2:
         return p.view(-1, *([1] * (ndim - 2)))
     return p
-
-
-# Called with the layer's input current [T, N, ...] before it fires; may return the layer's
-# outputs under its updated parameters (then the layer does not rerun its steps).
-CalibrationHook = Callable[["IFNeuron", Tensor], "Tensor | None"]
-# Single-step mode: called with step t's input [N, ...] and t instead of the plain step; it must
-# advance the membrane ``neuron.v`` in place and return the step's output theta * s.
-StepHook = Callable[["IFNeuron", Tensor, int], Tensor]
 
 
 class IFNeuron(nn.Module):
@@ -100,9 +119,6 @@ class IFNeuron(nn.Module):
         self.register_buffer("bias", torch.zeros(0, 0))  # FTBC b[t, c], filled by calibration
         self.step_mode = "s"
         self.n_steps = 1  # T, used in multi-step mode
-        self.calibration_hook: CalibrationHook | None = None
-        self.step_hook: StepHook | None = None
-        self.step_fn: Callable[..., Tensor] = if_step_  # ftbc.bench.accel may swap in a compiled, bit-equal step
         self.reset()
 
     # -- state -----------------------------------------------------------------
@@ -147,37 +163,33 @@ class IFNeuron(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.step_mode == "m":
-            return self._multi_step(x)
-        return self._single_step(x)
-
-    def _single_step(self, x: Tensor) -> Tensor:
+            return self.run_steps(self.split_steps(x)).view_as(x)
         x = exact(x)
-        if self.v is None:
-            self.v = self.initial_membrane(x)
-        if self.step_hook is not None:
-            out = self.step_hook(self, x, self.t)
-        else:
-            out = self.step_fn(self.v, self.drive(x, self.t), self.theta(x.dim()).to(x.dtype))
+        out = _STEP.get()(self.membrane(x), self.drive(x, self.t), self.theta(x.dim()).to(x.dtype))
         self.t += 1
         return out
 
-    def _multi_step(self, x: Tensor) -> Tensor:
+    def membrane(self, x: Tensor) -> Tensor:
+        """Single-step mode: the membrane before step ``self.t`` (v0 shaped like ``x`` at t = 0)."""
+        if self.v is None:
+            self.v = self.initial_membrane(x)
+        return self.v
+
+    def split_steps(self, x: Tensor) -> Tensor:
+        """Multi-step input [T*N, ...] as [T, N, ...], in float32."""
         T = self.n_steps
         if x.shape[0] % T:
             raise ValueError(f"multi-step input must be [T*N, ...] with T={T}; got batch {x.shape[0]}")
-        xs = exact(x).view(T, x.shape[0] // T, *x.shape[1:])
-        out = self.calibration_hook(self, xs) if self.calibration_hook is not None else None
-        if out is None:
-            out = self.run_steps(xs)
-        return out.view_as(x)
+        return exact(x).view(T, x.shape[0] // T, *x.shape[1:])
 
     def run_steps(self, xs: Tensor) -> Tensor:
         """Run all steps of ``xs`` [T, N, ...] from v0; returns the outputs theta * s [T, N, ...]."""
         theta = self.theta(xs.dim() - 1).to(xs.dtype)
         v = self.initial_membrane(xs[0])
         out = torch.empty_like(xs)
+        step = _STEP.get()
         for t in range(xs.shape[0]):
-            self.step_fn(v, self.drive(xs[t], t), theta, out=out[t])
+            step(v, self.drive(xs[t], t), theta, out=out[t])
         return out
 
     def scan(self, xs: Tensor) -> Tensor:

@@ -40,7 +40,7 @@ import yaml
 from torch import nn
 
 from ftbc._io import git_commit, save_checkpoint, write_text
-from ftbc.data import datasets as ftbc_data
+from ftbc.data.catalog import DATASET_NAMES_TEXT, dataset_info
 from ftbc.data import distributed as ftbc_dist
 from ftbc.data.distributed import DistEnv
 from ftbc.data.loaders import build_loaders
@@ -102,7 +102,7 @@ def train(*, dataset: str, data_root, arch: str, act: str = "relu", act_kwargs: 
     """
     t0, c0 = time.perf_counter(), time.process_time()
     recipe = apply_overrides(load_recipe(recipe) if isinstance(recipe, (str, Path)) else recipe, epochs=epochs)
-    info = ftbc_data.dataset_info(dataset)  # DataError (a UserError) for an unknown name
+    info = dataset_info(dataset)  # DataError (a UserError) for an unknown name
     act_kwargs = {**resolve_act_kwargs(act, info.name, arch=arch), **(act_kwargs or {})}  # record the defaults too
     if time_budget_s is not None and not time_budget_s > 0:
         raise TrainingError(f"--time-budget must be > 0 seconds, got {time_budget_s}")
@@ -278,7 +278,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Train an ANN (ReLU, QCFS or clipped ReLU) from a recipe.",
                                 add_help=add_help)
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="cifar10", help=f"{ftbc_data.DATASET_NAMES_TEXT}")
+    g.add_argument("--dataset", default="cifar10", help=f"{DATASET_NAMES_TEXT}")
     g.add_argument("--data-root", default="auto",
                    help="dataset folder or .tar.gz; 'auto' (default) finds the CIFAR-10 copy (docs/data.md)")
     g.add_argument("--download", action="store_true", help="download the dataset if torchvision can")

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from _nets import tiny_vgg
-from ftbc.bench.accel import _fused_step, compile_neurons, fast_simulate, precision, to_channels_last
+from ftbc.bench.accel import _fused_step, compiled_scan, fast_simulate, precision, to_channels_last
 from ftbc.snn.conversion import convert
 from ftbc.snn.method import Method
-from ftbc.snn.neuron import IFNeuron, if_step, if_step_
+from ftbc.snn.neuron import IFNeuron, if_step, if_step_, step_backend
 from ftbc.snn.simulation import simulate
 
 METHOD = Method(name="accel_max", activation="relu", threshold="max", threshold_reduce="max",
@@ -73,13 +73,35 @@ def test_fused_step_is_bit_equal_to_the_eager_step():
         assert torch.equal(v1, v2) and torch.equal(v1, v3)
 
 
+def test_a_step_backend_runs_in_every_neuron_and_changes_no_spike():
+    """The backend is chosen around a block of code: inside it every neuron, in both step modes,
+    runs the given step (here the fused step, eager); outside, the default step again."""
+    snn, x = snn_and_input()
+    ref = {mode: simulate(snn, x, 6, mode=mode) for mode in ("s", "m")}
+    calls = []
+
+    def fused(v, x, theta, out=None):
+        calls.append(1)
+        return _fused_step(v, x, theta, out=out)
+
+    with step_backend(fused):
+        for mode in ("s", "m"):  # one chunk: no chunk-sizing probe step
+            assert torch.equal(simulate(snn, x, 6, mode=mode, chunk_size=len(x)), ref[mode])
+    layers = sum(isinstance(m, IFNeuron) for m in snn.modules())
+    assert len(calls) == 2 * 6 * layers  # every step of every layer, in both modes
+    simulate(snn, x, 6)
+    assert len(calls) == 2 * 6 * layers
+    with pytest.raises(RuntimeError, match="boom"):
+        with step_backend(fused):
+            raise RuntimeError("boom")
+    simulate(snn, x, 6)
+    assert len(calls) == 2 * 6 * layers  # restored after the exception too
+
+
 @pytest.mark.slow
 def test_compiled_step_is_bit_equal_to_the_eager_step():
     snn, x = snn_and_input()
     ref = {mode: simulate(snn, x, 6, mode=mode) for mode in ("s", "m")}
-    compile_neurons(snn)
-    try:
+    with compiled_scan():
         for mode in ("s", "m"):
             assert torch.equal(simulate(snn, x, 6, mode=mode), ref[mode])
-    finally:
-        compile_neurons(snn, enable=False)

@@ -14,7 +14,8 @@ from ftbc.data.calibration_pool import (CROP_FLIP, QCFS_LOADER, SNNC_LOADER, Cal
                                         reserve_size, split_reserve)
 from ftbc.snn.conversion import convert
 from ftbc.snn.graph import spiking_layers
-from ftbc.data.datasets import CIFAR_CLASSES, TensorImageDataset
+from ftbc.data.catalog import CIFAR_CLASSES
+from ftbc.data.in_memory import TensorImageDataset
 from ftbc.errors import DataError
 from ftbc.data.eval_sets import load_eval_data
 

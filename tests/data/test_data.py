@@ -11,10 +11,13 @@ import torch
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from ftbc.data import datasets as data
-from ftbc.data.datasets import (DATASETS, DatasetInfo, TensorImageDataset, build_transform,
-                                calibration_batches, calibration_indices, dataset_info, holdout_split,
-                                load_split, make_loader)
+from ftbc.data import in_memory
+from ftbc.data.catalog import CIFAR_CLASSES, DATASETS, DatasetInfo, dataset_info
+from ftbc.data.draws import calibration_batches, calibration_indices, holdout_split
+from ftbc.data.in_memory import TensorImageDataset
+from ftbc.data.loaders import make_loader
+from ftbc.data.splits import load_split
+from ftbc.data.transforms import build_transform
 from ftbc.errors import DataError, UserError
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -50,10 +53,10 @@ def test_dataset_constants():
 
 def test_cifar_class_lists_are_label_order():
     for name in ("cifar10", "cifar100"):
-        names = data.CIFAR_CLASSES[name]
+        names = CIFAR_CLASSES[name]
         assert len(names) == len(set(names)) == DATASETS[name].num_classes
         assert list(names) == sorted(names)  # ImageFolder's sorted folders = CIFAR labels
-    assert data.CIFAR_CLASSES["cifar10"] == CIFAR10_CLASSES
+    assert CIFAR_CLASSES["cifar10"] == CIFAR10_CLASSES
 
 
 # --- the real offline CIFAR-10 copy -----------------------------------------------------------------------------
@@ -86,13 +89,13 @@ def test_real_cifar10_second_load_hits_cache(cifar10_root, cifar10_test, monkeyp
     def no_decode(*args, **kwargs):
         raise AssertionError("decoded again instead of reading the cache")
 
-    monkeypatch.setattr(data, "_decode", no_decode)
+    monkeypatch.setattr(in_memory, "_decode", no_decode)
     again = load_split("cifar10", cifar10_root, "test")
     assert torch.equal(again.images, cifar10_test.images) and torch.equal(again.labels, cifar10_test.labels)
 
 
 def test_real_cifar10_from_parent_folder(cifar10_root, cifar10_test, monkeypatch):
-    monkeypatch.setattr(data, "_decode", lambda *a, **k: pytest.fail("cache key should not depend on the root form"))
+    monkeypatch.setattr(in_memory, "_decode", lambda *a, **k: pytest.fail("cache key should not depend on the root form"))
     ds = load_split("cifar10", cifar10_root.parent, "test")  # parent of the extracted cifar10-jpeg/
     assert torch.equal(ds.images, cifar10_test.images)
 
@@ -305,7 +308,7 @@ def test_synthetic_cifar_layout_and_parent_root(make_imagefolder):
 
 
 def test_synthetic_cifar100(make_imagefolder):
-    root = make_imagefolder(classes=data.CIFAR_CLASSES["cifar100"], per_class=1, splits=("train",))
+    root = make_imagefolder(classes=CIFAR_CLASSES["cifar100"], per_class=1, splits=("train",))
     ds = load_split("cifar100", root, "train")
     assert len(ds) == 100 and ds.labels.tolist() == list(range(100)) and ds.classes[-1] == "worm"
 
@@ -317,15 +320,15 @@ def test_cache_hit_and_invalidation(make_imagefolder, tmp_path, monkeypatch):
     first = load_split("cifar10", root, "train")
     assert len(list(cache.glob("cifar10-train-*.safetensors"))) == 1
 
-    real_decode = data._decode
-    monkeypatch.setattr(data, "_decode", lambda *a, **k: pytest.fail("cache miss"))
+    real_decode = in_memory._decode
+    monkeypatch.setattr(in_memory, "_decode", lambda *a, **k: pytest.fail("cache miss"))
     hit = load_split("cifar10", root, "train")
     assert torch.equal(hit.images, first.images) and torch.equal(hit.labels, first.labels)
 
     changed = root / "train" / "bird" / "0000.png"  # index 4
     Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(changed)
     os.utime(changed, ns=(1, 1))
-    monkeypatch.setattr(data, "_decode", real_decode)
+    monkeypatch.setattr(in_memory, "_decode", real_decode)
     fresh = load_split("cifar10", root, "train")
     assert int(fresh.images[4].sum()) == 0 and not torch.equal(fresh.images, first.images)
     assert len(list(cache.glob("cifar10-train-*.safetensors"))) == 2

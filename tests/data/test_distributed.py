@@ -15,7 +15,7 @@ from conftest import cli_env, write_cifar10_tree
 from safetensors.torch import load_file
 
 from ftbc import cli, models
-from ftbc.data.datasets import CIFAR_CLASSES
+from ftbc.data.catalog import CIFAR_CLASSES
 
 
 @pytest.fixture(scope="module")

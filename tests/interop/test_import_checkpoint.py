@@ -31,7 +31,7 @@ from torch import nn
 
 from ftbc.run import grid
 from ftbc.cli import main as cli_main
-from ftbc.data.datasets import CIFAR_CLASSES
+from ftbc.data.catalog import CIFAR_CLASSES
 from ftbc.models.checkpoint import load_model
 
 

@@ -13,7 +13,7 @@ from conftest import write_imagefolder
 from ftbc import models
 from ftbc._io import save_checkpoint
 from ftbc.cli import main as ftbc_main
-from ftbc.data.datasets import CIFAR_CLASSES
+from ftbc.data.catalog import CIFAR_CLASSES
 from ftbc.errors import UserError
 from ftbc.run import grid
 from ftbc.run.evaluation import method_record

@@ -21,7 +21,7 @@ from ftbc.snn import calibration as calib
 from ftbc.data.calibration_pool import CalibrationPool
 from ftbc.snn.conversion import CalibrationContext, convert
 from ftbc.snn.graph import spiking_layers
-from ftbc.data.datasets import TensorImageDataset
+from ftbc.data.in_memory import TensorImageDataset
 from ftbc.snn.method import Method
 
 BASE = Method(name="agree_relu", activation="relu", threshold="max", threshold_reduce="max", channelwise=True,

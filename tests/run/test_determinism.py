@@ -29,8 +29,11 @@ from torch.utils.data import Subset
 
 from baselines import get_method
 from ftbc.snn.conversion import Converted, convert
-from ftbc.data.datasets import (CIFAR_CLASSES, build_transform, calibration_batches, calibration_indices,
-                                load_split, make_loader)
+from ftbc.data.catalog import CIFAR_CLASSES
+from ftbc.data.draws import calibration_batches, calibration_indices
+from ftbc.data.loaders import make_loader
+from ftbc.data.splits import load_split
+from ftbc.data.transforms import build_transform
 from ftbc.run.evaluation import evaluate_snn
 from ftbc.data.eval_sets import load_eval_data
 from ftbc.snn.neuron import IFNeuron

@@ -111,7 +111,7 @@ def test_validation_errors_become_one_line():
 
 
 def _tiny_cifar(root, per_class=3):
-    from ftbc.data.datasets import CIFAR_CLASSES
+    from ftbc.data.catalog import CIFAR_CLASSES
 
     for split in ("train", "test"):
         for c, name in enumerate(CIFAR_CLASSES["cifar10"]):

@@ -19,7 +19,7 @@ from conftest import REPO_ROOT, write_imagefolder
 from conftest import write_cifar10_tree
 
 from baselines import get_method, list_methods
-from ftbc.data.datasets import CIFAR_CLASSES
+from ftbc.data.catalog import CIFAR_CLASSES
 from ftbc.errors import UserError
 from ftbc.run.reproduce import SETTINGS, budgeted, find_data, prepare_data
 

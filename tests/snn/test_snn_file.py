@@ -21,7 +21,7 @@ from ftbc import models
 from ftbc._io import save_checkpoint
 from ftbc.cli import main as ftbc_main
 from ftbc.snn.conversion import convert
-from ftbc.data.datasets import CIFAR_CLASSES
+from ftbc.data.catalog import CIFAR_CLASSES
 from ftbc.errors import CheckpointError
 from ftbc.run.evaluation import method_record
 from ftbc.snn.simulation import simulate

@@ -17,7 +17,7 @@ from conftest import cli_env, torch_threads, write_cifar10_tree
 from safetensors.torch import load_file
 
 from ftbc import cli
-from ftbc.data.datasets import CIFAR_CLASSES
+from ftbc.data.catalog import CIFAR_CLASSES
 from ftbc.errors import TrainingError
 from ftbc.train.recipes import load_recipe
 from ftbc.data.distributed import DistEnv

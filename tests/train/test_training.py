@@ -12,7 +12,11 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from ftbc import cli
-from ftbc.data import datasets as ftbc_data
+from ftbc.data.catalog import CIFAR_CLASSES, dataset_info
+from ftbc.data.draws import holdout_split
+from ftbc.data.loaders import make_loader
+from ftbc.data.splits import load_split
+from ftbc.data.transforms import build_transform
 from ftbc._io import save_checkpoint, sha256_file
 from ftbc.errors import CheckpointError, UserError
 from ftbc.train.recipes import RecipeError, list_recipes, load_recipe
@@ -21,7 +25,7 @@ from ftbc.train.training import apply_overrides, train
 from ftbc.train.loop import create_optimizer, create_scheduler, evaluate
 from ftbc.models.checkpoint import load_model
 
-CLASSES = ftbc_data.CIFAR_CLASSES["cifar10"]
+CLASSES = CIFAR_CLASSES["cifar10"]
 
 
 def _class_images(n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -163,10 +167,10 @@ def test_random_crop_flip_is_a_shifted_padded_window():
 
 
 def test_batched_normalisation_matches_the_data_module_transform(data_root):
-    ds = ftbc_data.load_split("cifar10", data_root, "test")
-    info = ftbc_data.dataset_info("cifar10")
+    ds = load_split("cifar10", data_root, "test")
+    info = dataset_info("cifar10")
     x, _ = next(iter(TensorBatches(ds.images, ds.labels, batch_size=16, mean=info.mean, std=info.std)))
-    tf = ftbc_data.build_transform("cifar10", train=False)
+    tf = build_transform("cifar10", train=False)
     expected = torch.stack([tf(ds.images[i]) for i in range(16)])
     torch.testing.assert_close(x, expected, atol=1e-6, rtol=0)
 
@@ -222,14 +226,13 @@ def test_load_model_round_trips(data_root, tmp_path):
     assert not model.training and meta["clip_y_th"] and set(meta["clip_y_th"].values()) == {1.0}
     saved = load_file(str(out / "model.safetensors"))
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
-    ds = ftbc_data.load_split("cifar10", data_root, "test", transform=ftbc_data.build_transform("cifar10", train=False))
-    assert evaluate(model, ftbc_data.make_loader(ds, 64, shuffle=False), "cpu") == metrics["test_acc"]
+    ds = load_split("cifar10", data_root, "test", transform=build_transform("cifar10", train=False))
+    assert evaluate(model, make_loader(ds, 64, shuffle=False), "cpu") == metrics["test_acc"]
     assert meta["n_train"] == 150 and meta["holdout"] == 50
     # the holdout accuracy again, by hand: the 50 training images holdout_split(200, 50, seed=0) names, unaugmented
-    train_ds = ftbc_data.load_split("cifar10", data_root, "train",
-                                    transform=ftbc_data.build_transform("cifar10", train=False))
-    _, hold = ftbc_data.holdout_split(len(train_ds), 50, seed=0)
-    hold_loader = ftbc_data.make_loader(torch.utils.data.Subset(train_ds, hold), 64, shuffle=False)
+    train_ds = load_split("cifar10", data_root, "train", transform=build_transform("cifar10", train=False))
+    _, hold = holdout_split(len(train_ds), 50, seed=0)
+    hold_loader = make_loader(torch.utils.data.Subset(train_ds, hold), 64, shuffle=False)
     assert metrics["holdout_acc"] == evaluate(model, hold_loader, "cpu") == meta["metrics"]["holdout_acc"]
     assert meta["pipeline"] == "batched"
 
@@ -254,10 +257,9 @@ def test_per_sample_pipeline_for_autoaugment_and_cutout_is_seeded(data_root, tmp
     assert meta["pipeline"] == "per-sample" and meta["n_train"] == 180
     # the holdout accuracy again, by hand: the 20 training images holdout_split(200, 20, seed=0) names, unaugmented
     model, _ = load_model(tmp_path / "a")
-    train_ds = ftbc_data.load_split("cifar10", data_root, "train",
-                                    transform=ftbc_data.build_transform("cifar10", train=False))
-    _, hold = ftbc_data.holdout_split(len(train_ds), 20, seed=0)
-    hold_loader = ftbc_data.make_loader(torch.utils.data.Subset(train_ds, hold), 64, shuffle=False)
+    train_ds = load_split("cifar10", data_root, "train", transform=build_transform("cifar10", train=False))
+    _, hold = holdout_split(len(train_ds), 20, seed=0)
+    hold_loader = make_loader(torch.utils.data.Subset(train_ds, hold), 64, shuffle=False)
     assert meta["metrics"]["holdout_acc"] == evaluate(model, hold_loader, "cpu")
     assert meta["act_kwargs"] == {"L": 4, "init_lambda": 8.0}  # defaults recorded
 

@@ -3,7 +3,7 @@
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from ftbc.data.datasets import DATASET_NAMES
+from ftbc.data.catalog import DATASET_NAMES
 from ftbc.models.activations import ACTIVATIONS
 from ftbc.run import grid
 from ftbc.errors import UserError
