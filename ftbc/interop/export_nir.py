@@ -83,73 +83,100 @@ def to_nir(snn: fx.GraphModule, input_shape: tuple[int, ...]) -> Any:
     import nir
 
     check_expressible(snn)
-    modules = dict(snn.named_modules())
+    graph = _GraphBuilder(nir, dict(snn.named_modules()), _output_shapes(snn, input_shape), input_shape)
+    for node in snn.graph.nodes:
+        graph.add(node)
+    return nir.NIRGraph(nodes=graph.nodes, edges=graph.edges, metadata={
+        "source": "ftbc converted SNN", "neuron": "integrate-and-fire, reset by subtraction (I, Threshold, "
+        "Scale, recurrent Scale(-theta)); the recurrent edge carries a one-step delay"})
+
+
+def _output_shapes(snn: fx.GraphModule, input_shape: tuple[int, ...]) -> dict[fx.Node, tuple[int, ...]]:
+    """Each fx node's output shape without the batch dimension, from one all-zero step; neuron state reset around it."""
     reset_net(snn)
     ShapeProp(snn).propagate(torch.zeros(1, *input_shape))
     reset_net(snn)
-    shape = {n: tuple(n.meta["tensor_meta"].shape[1:]) for n in snn.graph.nodes if "tensor_meta" in n.meta}
+    return {n: tuple(n.meta["tensor_meta"].shape[1:]) for n in snn.graph.nodes if "tensor_meta" in n.meta}
 
-    nodes: dict[str, Any] = {}
-    edges: list[tuple[str, str]] = []
-    sources: dict[fx.Node, list[str]] = {}  # the NIR nodes whose outputs sum to this fx node's value
-    biases: dict[str, np.ndarray] = {}      # NIR node -> its bias array, for a constant current to fold into
 
-    def connect(node: fx.Node, target: str) -> None:
-        edges.extend((src, target) for src in sources[node.args[0]])
+class _GraphBuilder:
+    """The NIR nodes and edges of an fx graph, built one fx node at a time in graph order.
 
-    for node in snn.graph.nodes:
-        key = node.name
+    An fx node's value can be the sum of several NIR nodes' outputs (a residual add makes no NIR
+    node: its inputs both feed whatever consumes it), hence ``sources``.
+    """
+
+    def __init__(self, nir: Any, modules: dict[str, nn.Module], shape: dict[fx.Node, tuple[int, ...]],
+                 input_shape: tuple[int, ...]) -> None:
+        self.nir, self.modules, self.shape, self.input_shape = nir, modules, shape, input_shape
+        self.nodes: dict[str, Any] = {}
+        self.edges: list[tuple[str, str]] = []
+        self.sources: dict[fx.Node, list[str]] = {}  # the NIR nodes whose outputs sum to this fx node's value
+        self.biases: dict[str, np.ndarray] = {}  # NIR node -> its bias array, for a constant current to fold into
+
+    def connect(self, node: fx.Node, target: str) -> None:
+        """Edges into ``target`` from every NIR node that makes up ``node``'s input."""
+        self.edges.extend((src, target) for src in self.sources[node.args[0]])
+
+    def add(self, node: fx.Node) -> None:
+        """The NIR side of one fx node, in graph order (its inputs are already there)."""
+        nir, key = self.nir, node.name
         if node.op == "placeholder":
-            nodes["input"] = nir.Input(input_type={"input": np.array(input_shape)})
-            sources[node] = ["input"]
+            self.nodes["input"] = nir.Input(input_type={"input": np.array(self.input_shape)})
+            self.sources[node] = ["input"]
         elif node.op == "output":
-            nodes["output"] = nir.Output(output_type={"output": np.array(shape[node.args[0]])})
-            connect(node, "output")
+            self.nodes["output"] = nir.Output(output_type={"output": np.array(self.shape[node.args[0]])})
+            self.connect(node, "output")
         elif node.op == "call_module":
-            m = modules[node.target]
-            if isinstance(m, SKIPPED):
-                sources[node] = sources[node.args[0]]
-                continue
-            if isinstance(m, IFNeuron):
-                _neuron(nir, nodes, edges, key, m, shape[node])
-                srcs = sources[node.args[0]]
-                if m.offset.abs().max().item() != 0:
-                    _fold_offset(srcs, biases, m, shape[node], node.target)
-                connect(node, key)
-                sources[node] = [f"{key}.out"]
-                continue
-            if isinstance(m, nn.Conv2d):
-                bias = _np(m.bias) if m.bias is not None else np.zeros(m.out_channels, np.float32)
-                nodes[key] = nir.Conv2d(input_shape=shape[node.args[0]][1:], weight=_np(m.weight), stride=m.stride,
-                                        padding=m.padding, dilation=m.dilation, groups=m.groups, bias=bias)
-                if len(node.users) == 1:  # a bias only this layer's one consumer sees
-                    biases[key] = bias
-            elif isinstance(m, nn.Linear):
-                bias = _np(m.bias) if m.bias is not None else np.zeros(m.out_features, np.float32)
-                nodes[key] = nir.Affine(weight=_np(m.weight), bias=bias)
-                if len(node.users) == 1:
-                    biases[key] = bias
-            elif isinstance(m, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
-                nodes[key] = _avg_pool(nir, m, shape[node.args[0]], shape[node])
-            elif isinstance(m, nn.Flatten):
-                nodes[key] = nir.Flatten(input_type={"input": np.array(shape[node.args[0]])},
-                                         start_dim=m.start_dim - 1, end_dim=m.end_dim)
-            else:
-                raise NotExpressible(f"NIR export has no node for {type(m).__name__} ({node.target})")
-            connect(node, key)
-            sources[node] = [key]
+            self.module(node, self.modules[node.target])
         elif node.op == "call_function" and node.target in _ADD:
-            sources[node] = [s for arg in node.args[:2] for s in sources[arg]]
+            self.sources[node] = [s for arg in node.args[:2] for s in self.sources[arg]]
         elif (node.op == "call_function" and node.target is torch.flatten) or (
                 node.op == "call_method" and node.target in _FLATTEN_METHODS):
-            nodes[key] = nir.Flatten(input_type={"input": np.array(shape[node.args[0]])}, start_dim=0, end_dim=-1)
-            connect(node, key)
-            sources[node] = [key]
+            self.nodes[key] = nir.Flatten(input_type={"input": np.array(self.shape[node.args[0]])},
+                                          start_dim=0, end_dim=-1)
+            self.connect(node, key)
+            self.sources[node] = [key]
         else:
             raise NotExpressible(f"NIR export has no node for {node.op} {node.target}")
-    return nir.NIRGraph(nodes=nodes, edges=edges, metadata={
-        "source": "ftbc converted SNN", "neuron": "integrate-and-fire, reset by subtraction (I, Threshold, "
-        "Scale, recurrent Scale(-theta)); the recurrent edge carries a one-step delay"})
+
+    def module(self, node: fx.Node, m: nn.Module) -> None:
+        """A module call: passed through (dropout, identity), a neuron's four nodes, or one layer node."""
+        key = node.name
+        if isinstance(m, SKIPPED):
+            self.sources[node] = self.sources[node.args[0]]
+            return
+        if isinstance(m, IFNeuron):
+            _neuron(self.nir, self.nodes, self.edges, key, m, self.shape[node])
+            if m.offset.abs().max().item() != 0:
+                _fold_offset(self.sources[node.args[0]], self.biases, m, self.shape[node], node.target)
+            self.connect(node, key)
+            self.sources[node] = [f"{key}.out"]
+            return
+        self.nodes[key] = self.layer(node, m)
+        self.connect(node, key)
+        self.sources[node] = [key]
+
+    def layer(self, node: fx.Node, m: nn.Module) -> Any:
+        """The NIR node of a conv, linear, average pooling or flatten module; a bias only its one consumer
+        sees is kept in ``biases`` for a neuron's constant current to fold into."""
+        nir, shape_in = self.nir, self.shape[node.args[0]]
+        if isinstance(m, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
+            return _avg_pool(nir, m, shape_in, self.shape[node])
+        if isinstance(m, nn.Flatten):
+            return nir.Flatten(input_type={"input": np.array(shape_in)}, start_dim=m.start_dim - 1, end_dim=m.end_dim)
+        if isinstance(m, nn.Conv2d):
+            bias = _np(m.bias) if m.bias is not None else np.zeros(m.out_channels, np.float32)
+            out = nir.Conv2d(input_shape=shape_in[1:], weight=_np(m.weight), stride=m.stride, padding=m.padding,
+                             dilation=m.dilation, groups=m.groups, bias=bias)
+        elif isinstance(m, nn.Linear):
+            bias = _np(m.bias) if m.bias is not None else np.zeros(m.out_features, np.float32)
+            out = nir.Affine(weight=_np(m.weight), bias=bias)
+        else:
+            raise NotExpressible(f"NIR export has no node for {type(m).__name__} ({node.target})")
+        if len(node.users) == 1:
+            self.biases[node.name] = bias
+        return out
 
 
 def _neuron(nir: Any, nodes: dict, edges: list, key: str, n: IFNeuron, shape: tuple[int, ...]) -> None:
