@@ -33,22 +33,18 @@ from torch import Tensor, nn
 
 from ftbc.data.catalog import DATASETS, DATASET_NAMES, DATASET_NAMES_TEXT, DatasetInfo, dataset_info
 from ftbc import models as ftbc_models
-from ftbc._io import save_checkpoint, sha256_file
+from ftbc._io import git_commit, save_checkpoint, sha256_file
 from ftbc.errors import CheckpointError, UserError
 from ftbc.models.activations import ACTIVATIONS
-from ftbc.interop.release_layouts import LAYOUTS, RELEASE_NAMES, Layout, choose_layout
+from ftbc.interop.release_layouts import LAYOUTS, RELEASE_NAMES, Layout, Unit, choose_layout
 from ftbc.models.checkpoint import (CHECKPOINT_NAME, QCFS_L_HELP, Y_TH_HELP, activation_values, load_model,
                                     resolve_act_kwargs, state_mismatch)
-from ftbc._io import git_commit
 
 FORMAT = "ftbc.ann.v1"
 WRAPPERS = ("state_dict", "model", "net")
 BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 # Activations each release trains with; the first is the default.
 RELEASE_ACTS = {"qcfs": ("qcfs",), "snnc": ("relu",), "rts": ("clip", "relu")}
-
-
-# ---------------------------------------------------------------- key layouts
 
 
 # ---------------------------------------------------------------- reading and mapping
@@ -110,69 +106,101 @@ def translate(state: dict[str, Tensor], layout: Layout, model: nn.Module) -> tup
 
     Raises CheckpointError naming what is mis-shaped, missing or left over, in the release's key names.
     """
-    expected = model.state_dict()
-    out: dict[str, Tensor] = {}
-    pairs: list[list[str]] = []
-    used: set[str] = set()
-    missing: list[str] = []
-    sizes: list[str] = []
-    bad: list[str] = []
+    t = _Translation(state, model.state_dict())
+    for u in layout.units(model):
+        t.unit(u)
+    for key, k in layout.fixed_pools(model):
+        t.fixed_pool(key, k)
+    problems = t.problems()
+    if problems:
+        raise CheckpointError("; ".join(problems))
+    return t.out, t.pairs
 
-    def take(src: str, dst: str) -> None:
-        if src not in state:
-            missing.append(src)
+
+class _Translation:
+    """One release state dict on its way onto the suite's keys: the tensors placed so far and every problem met.
+
+    Problems are collected, not raised at the first, so that one error message names them all.
+    """
+
+    def __init__(self, state: dict[str, Tensor], expected: dict[str, Tensor]) -> None:
+        self.state, self.expected = state, expected
+        self.out: dict[str, Tensor] = {}
+        self.pairs: list[list[str]] = []
+        self.used: set[str] = set()
+        self.missing: list[str] = []
+        self.sizes: list[str] = []
+        self.bad: list[str] = []
+
+    def take(self, src: str, dst: str) -> None:
+        """Place release tensor ``src`` at suite key ``dst`` (cast to the suite's dtype), or note why not."""
+        if src not in self.state:
+            self.missing.append(src)
             return
-        t, want = state[src], expected.get(dst)
-        used.add(src)
+        t, want = self.state[src], self.expected.get(dst)
+        self.used.add(src)
         if want is None:
-            bad.append(f"{src} has no counterpart {dst} in the suite's network")
+            self.bad.append(f"{src} has no counterpart {dst} in the suite's network")
             return
         if dst.endswith(".lam") and t.numel() == 1:  # QCFS's threshold [1] -> the suite's scalar lambda
             t = t.reshape(want.shape)
         if t.shape != want.shape:
-            sizes.append(f"{src} {list(t.shape)} (suite {dst} {list(want.shape)})")
+            self.sizes.append(f"{src} {list(t.shape)} (suite {dst} {list(want.shape)})")
             return
-        out[dst] = t.to(want.dtype) if t.is_floating_point() else t
-        pairs.append([src, dst])
+        self.out[dst] = t.to(want.dtype) if t.is_floating_point() else t
+        self.pairs.append([src, dst])
 
-    for u in layout.units(model):
+    def unit(self, u: Unit) -> None:
+        """A layer with its BatchNorm and activation, when the layout gives them."""
         for name in ("weight", "bias"):
-            if f"{u.dst}.{name}" in expected:
-                take(f"{u.src}.{name}", f"{u.dst}.{name}")
+            if f"{u.dst}.{name}" in self.expected:
+                self.take(f"{u.src}.{name}", f"{u.dst}.{name}")
         if u.src_bn and u.dst_bn:
             for name in BN_KEYS:
-                take(f"{u.src_bn}.{name}", f"{u.dst_bn}.{name}")
-            bias, mean = f"{u.src}.bias", f"{u.dst_bn}.running_mean"
-            if f"{u.dst}.bias" not in expected and bias in state and mean in out:
-                used.add(bias)
-                if state[bias].shape != out[mean].shape:
-                    sizes.append(f"{bias} {list(state[bias].shape)} (suite {mean} {list(out[mean].shape)})")
-                else:  # BN(conv(x) + b) == BN with running_mean - b applied to conv(x)
-                    out[mean] = (out[mean].double() - state[bias].double()).to(out[mean].dtype)
-                    pairs.append([bias, mean])
+                self.take(f"{u.src_bn}.{name}", f"{u.dst_bn}.{name}")
+            self.fold_bias(u)
         if u.src_act and u.dst_act:
-            take(f"{u.src_act}.thresh", f"{u.dst_act}.lam")
-    for key, k in layout.fixed_pools(model):
-        if key in state:
-            used.add(key)
-            if not torch.allclose(state[key].double(), torch.full_like(state[key].double(), 1.0 / (k * k))):
-                bad.append(f"{key} is not a fixed {k}x{k} average pool (weights other than 1/{k * k})")
-    unexpected = [k for k in state if k not in used]
+            self.take(f"{u.src_act}.thresh", f"{u.dst_act}.lam")
 
-    def listed(keys: list[str], show: int = 3) -> str:
-        return ", ".join(keys[:show]) + (f", ... ({len(keys)} tensors)" if len(keys) > show else "")
+    def fold_bias(self, u: Unit) -> None:
+        """A conv bias the suite's conv (followed by BN) does not have goes into that BN's running mean."""
+        bias, mean = f"{u.src}.bias", f"{u.dst_bn}.running_mean"
+        if f"{u.dst}.bias" in self.expected or bias not in self.state or mean not in self.out:
+            return
+        self.used.add(bias)
+        b, m = self.state[bias], self.out[mean]
+        if b.shape != m.shape:
+            self.sizes.append(f"{bias} {list(b.shape)} (suite {mean} {list(m.shape)})")
+        else:  # BN(conv(x) + b) == BN with running_mean - b applied to conv(x)
+            self.out[mean] = (m.double() - b.double()).to(m.dtype)
+            self.pairs.append([bias, mean])
 
-    parts = [f"size mismatch {listed(sizes)}"] if sizes else []
-    parts += [f"missing {listed(missing)}"] if missing else []
-    parts += [f"unexpected (no counterpart in the suite's network) {listed(unexpected)}"] if unexpected else []
-    parts += bad
-    if not parts:  # every unit mapped; the suite's side must be complete too
-        left = state_mismatch(out, expected)
-        if left:
-            parts.append(f"the suite's network has more: {left}")
-    if parts:
-        raise CheckpointError("; ".join(parts))
-    return out, pairs
+    def fixed_pool(self, key: str, k: int) -> None:
+        """A release's pooling conv must hold the fixed weights of a k x k average pool: the suite has no tensor."""
+        if key not in self.state:
+            return
+        self.used.add(key)
+        w = self.state[key].double()
+        if not torch.allclose(w, torch.full_like(w, 1.0 / (k * k))):
+            self.bad.append(f"{key} is not a fixed {k}x{k} average pool (weights other than 1/{k * k})")
+
+    def problems(self) -> list[str]:
+        """What keeps the mapping from being complete: mis-shaped, missing, left over, wrong; [] when it is."""
+        unexpected = [k for k in self.state if k not in self.used]
+        parts = [f"size mismatch {_listed(self.sizes)}"] if self.sizes else []
+        parts += [f"missing {_listed(self.missing)}"] if self.missing else []
+        parts += [f"unexpected (no counterpart in the suite's network) {_listed(unexpected)}"] if unexpected else []
+        parts += self.bad
+        if not parts:  # every unit mapped; the suite's side must be complete too
+            left = state_mismatch(self.out, self.expected)
+            if left:
+                parts.append(f"the suite's network has more: {left}")
+        return parts
+
+
+def _listed(keys: list[str], show: int = 3) -> str:
+    """The first few keys and how many there are, for an error message."""
+    return ", ".join(keys[:show]) + (f", ... ({len(keys)} tensors)" if len(keys) > show else "")
 
 
 def _suite_model(arch: str, act: str, act_kwargs: dict, num_classes: int) -> nn.Module:
