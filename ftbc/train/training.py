@@ -31,6 +31,7 @@ import functools
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -40,7 +41,7 @@ import yaml
 from torch import nn
 
 from ftbc._io import git_commit, save_checkpoint, write_text
-from ftbc.data.catalog import DATASET_NAMES_TEXT, dataset_info
+from ftbc.data.catalog import DATASET_NAMES_TEXT, DatasetInfo, dataset_info
 from ftbc.data import distributed as ftbc_dist
 from ftbc.data.distributed import DistEnv
 from ftbc.data.loaders import build_loaders
@@ -49,6 +50,7 @@ from ftbc.models.activations import ACTIVATIONS
 from ftbc.models.checkpoint import (CHECKPOINT_NAME, DEFAULT_INIT_LAMBDA, QCFS_L_HELP, Y_TH_HELP, _build_model,
                                     _check_device, activation_values, resolve_act_kwargs)
 from ftbc.train import resume as ftbc_resume
+from ftbc.train.budget import resize_for_budget
 from ftbc.train.loop import create_optimizer, create_scheduler, evaluate, train_one_epoch
 from ftbc.train.recipes import load_recipe, validate_recipe
 
@@ -106,52 +108,108 @@ def train(*, dataset: str, data_root, arch: str, act: str = "relu", act_kwargs: 
     act_kwargs = {**resolve_act_kwargs(act, info.name, arch=arch), **(act_kwargs or {})}  # record the defaults too
     if time_budget_s is not None and not time_budget_s > 0:
         raise TrainingError(f"--time-budget must be > 0 seconds, got {time_budget_s}")
-    dataset, out = info.name, Path(out)
-    run_key = dict(dataset=dataset, arch=arch, act=act, act_kwargs=act_kwargs, seed=seed, holdout=holdout,
-                   holdout_seed=holdout_seed, recipe={k: v for k, v in recipe.items()
-                                                      if k not in ("name", "path", "overrides")})
+    run = _Run(info=info, data_root=data_root, arch=arch, act=act, act_kwargs=act_kwargs, recipe=recipe, seed=seed,
+               out=Path(out), num_workers=num_workers, download=download, holdout=holdout, holdout_seed=holdout_seed,
+               deterministic=deterministic, progress=progress, sync_bn=sync_bn, time_budget_s=time_budget_s,
+               restart=restart, init_from=init_from)
     with ftbc_dist.process_group(_check_device(device)) as (env, dev), _deterministic(deterministic):
         amp = dev.type == "cuda" if amp is None else amp
         log = log if env.is_main else (lambda *a, **k: None)
-        if dev.type == "cuda" and not deterministic:
-            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
-        torch.manual_seed(seed)
-        # channels_last: oneDNN's convolutions are ~25 % faster so on CPU (cuDNN's too on GPU); the model
-        # returns to the default layout before the final evaluation and the checkpoint.
-        model = _build_model(arch, act, act_kwargs, info.num_classes)
-        if init_from is not None:
-            from ftbc.models.pretrained import load_initial_weights
+        return _train_in_group(run, env, dev, amp=amp, log=log, started=(t0, c0))
 
-            load_initial_weights(model, arch, init_from)
-        model = model.to(dev, memory_format=torch.channels_last)
-        loaders = build_loaders(dataset, data_root, recipe, seed=seed, holdout=holdout, holdout_seed=holdout_seed,
-                                num_workers=num_workers, download=download, device=dev, env=env)
-        if restart and env.is_main:
-            ftbc_resume.remove_state(out)
-        ftbc_dist.barrier(env)
-        ddp = ftbc_dist.wrap_model(model, env, dev, sync_bn=sync_bn)
-        metrics = fit(ddp, loaders["train"], recipe, dev, progress=progress, log=log, amp=amp, out=out,
-                      run_key=run_key, data_generator=loaders["generator"], time_budget_s=time_budget_s, env=env,
-                      seed=seed)
-        recipe = {**recipe, "epochs": len(metrics["train_loss"])}
-        if env.is_main:
-            model = ftbc_dist.unwrap(ddp).to(memory_format=torch.contiguous_format)  # the layout load_model() rebuilds
-            metrics["test_acc"] = evaluate(model, loaders["test"], dev, desc="test", progress=progress)
-            metrics["holdout_acc"] = (None if loaders["holdout"] is None else
-                                      evaluate(model, loaders["holdout"], dev, desc="holdout", progress=progress))
-            metrics["wall_time_s"] = time.perf_counter() - t0
-            metrics["cpu_time_s"] = time.process_time() - c0  # all threads; tells a busy machine from a slow run
-            config = dict(dataset=dataset, data_root=str(data_root), arch=arch, act=act, act_kwargs=act_kwargs,
-                          num_classes=info.num_classes, image_size=info.image_size, mean=list(info.mean),
-                          std=list(info.std), recipe=recipe, seed=seed, epochs=recipe["epochs"], holdout=holdout,
-                          holdout_seed=holdout_seed, device=str(dev), deterministic=deterministic,
-                          num_workers=num_workers, pipeline=loaders["pipeline"], n_train=loaders["n_train"],
-                          out=str(out), amp=amp, world_size=env.world_size, sync_bn=sync_bn,
-                          time_budget_s=time_budget_s, init_from=None if init_from is None else str(init_from))
-            _write_outputs(model, out, config, metrics)
-            ftbc_resume.remove_state(out)
-        ftbc_dist.barrier(env)
+
+@dataclass(frozen=True)
+class _Run:
+    """The resolved arguments of one :func:`train` call, which its steps and its records share."""
+
+    info: DatasetInfo
+    data_root: str | os.PathLike
+    arch: str
+    act: str
+    act_kwargs: dict
+    recipe: dict
+    seed: int
+    out: Path
+    num_workers: int
+    download: bool
+    holdout: int
+    holdout_seed: int
+    deterministic: bool
+    progress: bool
+    sync_bn: bool
+    time_budget_s: float | None
+    restart: bool
+    init_from: str | os.PathLike | None
+
+    def run_key(self) -> dict[str, Any]:
+        """What a saved per-epoch state must have been trained with to be resumed (:mod:`ftbc.train.resume`)."""
+        return dict(dataset=self.info.name, arch=self.arch, act=self.act, act_kwargs=self.act_kwargs, seed=self.seed,
+                    holdout=self.holdout, holdout_seed=self.holdout_seed,
+                    recipe={k: v for k, v in self.recipe.items() if k not in ("name", "path", "overrides")})
+
+    def config(self, recipe: dict, dev: torch.device, amp: bool, env: DistEnv, loaders: dict) -> dict[str, Any]:
+        """What ``run.yaml`` and ``model.json`` record: the arguments, and the recipe and machine as they ran."""
+        info = self.info
+        return dict(dataset=info.name, data_root=str(self.data_root), arch=self.arch, act=self.act,
+                    act_kwargs=self.act_kwargs, num_classes=info.num_classes, image_size=info.image_size,
+                    mean=list(info.mean), std=list(info.std), recipe=recipe, seed=self.seed, epochs=recipe["epochs"],
+                    holdout=self.holdout, holdout_seed=self.holdout_seed, device=str(dev),
+                    deterministic=self.deterministic, num_workers=self.num_workers, pipeline=loaders["pipeline"],
+                    n_train=loaders["n_train"], out=str(self.out), amp=amp, world_size=env.world_size,
+                    sync_bn=self.sync_bn, time_budget_s=self.time_budget_s,
+                    init_from=None if self.init_from is None else str(self.init_from))
+
+
+def _train_in_group(run: _Run, env: DistEnv, dev: torch.device, *, amp: bool, log,
+                    started: tuple[float, float]) -> dict[str, Any]:
+    """Build, train and (rank 0) evaluate and save ``run`` on ``dev``, inside the process group."""
+    if dev.type == "cuda" and not run.deterministic:
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
+    model = _seeded_model(run, dev)
+    loaders = build_loaders(run.info.name, run.data_root, run.recipe, seed=run.seed, holdout=run.holdout,
+                            holdout_seed=run.holdout_seed, num_workers=run.num_workers, download=run.download,
+                            device=dev, env=env)
+    if run.restart and env.is_main:
+        ftbc_resume.remove_state(run.out)
+    ftbc_dist.barrier(env)
+    ddp = ftbc_dist.wrap_model(model, env, dev, sync_bn=run.sync_bn)
+    metrics = fit(ddp, loaders["train"], run.recipe, dev, progress=run.progress, log=log, amp=amp, out=run.out,
+                  run_key=run.run_key(), data_generator=loaders["generator"], time_budget_s=run.time_budget_s,
+                  env=env, seed=run.seed)
+    recipe = {**run.recipe, "epochs": len(metrics["train_loss"])}
+    if env.is_main:
+        model = ftbc_dist.unwrap(ddp).to(memory_format=torch.contiguous_format)  # the layout load_model() rebuilds
+        metrics.update(_final_metrics(model, loaders, dev, progress=run.progress, started=started))
+        _write_outputs(model, run.out, run.config(recipe, dev, amp, env, loaders), metrics)
+        ftbc_resume.remove_state(run.out)
+    ftbc_dist.barrier(env)
     return metrics
+
+
+def _seeded_model(run: _Run, dev: torch.device) -> nn.Module:
+    """The model from ``torch.manual_seed(run.seed)`` (or ``run.init_from``'s weights), channels-last on ``dev``.
+
+    channels_last: oneDNN's convolutions are ~25 % faster so on CPU (cuDNN's too on GPU); the model
+    returns to the default layout before the final evaluation and the checkpoint.
+    """
+    torch.manual_seed(run.seed)
+    model = _build_model(run.arch, run.act, run.act_kwargs, run.info.num_classes)
+    if run.init_from is not None:
+        from ftbc.models.pretrained import load_initial_weights
+
+        load_initial_weights(model, run.arch, run.init_from)
+    return model.to(dev, memory_format=torch.channels_last)
+
+
+def _final_metrics(model: nn.Module, loaders: dict, dev: torch.device, *, progress: bool,
+                   started: tuple[float, float]) -> dict[str, Any]:
+    """Test and holdout accuracy of the trained model, then the run's wall and CPU time since ``started``."""
+    out = {"test_acc": evaluate(model, loaders["test"], dev, desc="test", progress=progress)}
+    out["holdout_acc"] = (None if loaders["holdout"] is None else
+                          evaluate(model, loaders["holdout"], dev, desc="holdout", progress=progress))
+    out["wall_time_s"] = time.perf_counter() - started[0]
+    out["cpu_time_s"] = time.process_time() - started[1]  # all threads; tells a busy machine from a slow run
+    return out
 
 
 def fit(model: nn.Module, loader: Iterable, recipe: dict, device, *, progress: bool = True, log=print,
@@ -164,7 +222,7 @@ def fit(model: nn.Module, loader: Iterable, recipe: dict, device, *, progress: b
     state already there with the same ``run_key`` is resumed (see
     :mod:`ftbc.train.resume`). With ``time_budget_s`` the number of epochs is set
     after the first one (at most the recipe's) and lowered later if epochs
-    get slower (see :func:`_resize_for_budget`). Returns per-epoch
+    get slower (see :func:`ftbc.train.budget.resize_for_budget`). Returns per-epoch
     ``train_loss``, ``train_acc`` (%), ``lr`` and ``epoch_time_s``; raises
     :class:`TrainingError` if the loss stops being finite.
     """
@@ -191,7 +249,7 @@ def fit(model: nn.Module, loader: Iterable, recipe: dict, device, *, progress: b
                                 progress=progress, amp=amp, epoch=epoch + 1, env=env)
         epoch_s = time.perf_counter() - te
         if time_budget_s is not None:
-            n_new = _resize_for_budget(metrics["epoch_time_s"] + [epoch_s], time_budget_s, n_epochs, epoch,
+            n_new = resize_for_budget(metrics["epoch_time_s"] + [epoch_s], time_budget_s, n_epochs, epoch,
                                        recipe, env, device, log)
             if n_new != n_epochs:
                 n_epochs, scheduler = n_new, create_scheduler(optimizer, recipe, n_new)
@@ -206,34 +264,6 @@ def fit(model: nn.Module, loader: Iterable, recipe: dict, device, *, progress: b
         log(f"epoch {epoch}/{n_epochs}  loss {stats['loss']:.4f}  train acc {stats['acc']:.2f}%  "
             f"lr {lr:.4g}  {epoch_s:.1f}s")
     return metrics
-
-
-def _epochs_in_budget(epoch_s: float, budget_s: float, cap: int) -> int:
-    """Whole epochs of length ``epoch_s`` that fit ``budget_s`` (the first included), in [1, cap]."""
-    return max(1, min(cap, int(budget_s // max(epoch_s, 1e-9))))
-
-
-def _resize_for_budget(times: list[float], budget_s: float, n_epochs: int, epoch: int, recipe: dict,
-                       env: DistEnv, device, log) -> int:
-    """The number of epochs after epoch ``epoch`` (0-based) of a ``time_budget_s`` run; rank 0 decides.
-
-    After the first epoch: as many as fit at its length, at most the recipe's.
-    Later, only fewer, when the mean epoch so far says the plan overruns the
-    budget by more than 10 % (a machine that got busier); the schedule is then
-    laid over the new number, which can never be below the epochs done.
-    """
-    mean = sum(times) / len(times)
-    if epoch == 0:
-        n = _epochs_in_budget(times[0], budget_s, n_epochs)
-    elif mean * n_epochs > 1.1 * budget_s:
-        n = max(epoch + 1, _epochs_in_budget(mean, budget_s, n_epochs))
-    else:
-        n = n_epochs
-    n = ftbc_dist.broadcast_int(n, env, torch.device(device))
-    if epoch == 0 or n != n_epochs:
-        log(f"epoch {epoch + 1} took {times[-1]:.1f}s: {n} epochs fit the {budget_s:.0f}s budget "
-            f"(recipe cap {recipe['epochs']})")
-    return n
 
 
 @contextlib.contextmanager

@@ -21,7 +21,8 @@ from ftbc.data.catalog import CIFAR_CLASSES
 from ftbc.errors import TrainingError
 from ftbc.train.recipes import load_recipe
 from ftbc.data.distributed import DistEnv
-from ftbc.train.training import _epochs_in_budget, _resize_for_budget, apply_overrides, train
+from ftbc.train.budget import epochs_in_budget, resize_for_budget
+from ftbc.train.training import apply_overrides, train
 from ftbc.train.loop import train_one_epoch
 
 # One thread everywhere: the in-process reference and the subprocesses then run the same kernels bit for bit.
@@ -115,11 +116,11 @@ def test_diverging_training_stops_with_one_line_and_no_checkpoint(cifar_tree, tm
 
 def test_time_budget_sizes_the_epochs_from_the_first_and_only_shrinks_later():
     def size(times, n_epochs, budget=10.0):
-        return _resize_for_budget(times, budget, n_epochs, len(times) - 1, {"epochs": 100}, DistEnv(), "cpu",
-                                  lambda *a: None)
+        return resize_for_budget(times, budget, n_epochs, len(times) - 1, {"epochs": 100}, DistEnv(), "cpu",
+                                 lambda *a: None)
 
-    assert _epochs_in_budget(2.0, 9.0, 100) == 4 and _epochs_in_budget(2.0, 1.0, 100) == 1
-    assert _epochs_in_budget(0.5, 1000.0, 6) == 6
+    assert epochs_in_budget(2.0, 9.0, 100) == 4 and epochs_in_budget(2.0, 1.0, 100) == 1
+    assert epochs_in_budget(0.5, 1000.0, 6) == 6
     assert size([2.0], 100) == 5  # after epoch 1: 10 s / 2 s
     assert size([2.0, 2.1], 5) == 5  # 5 x 2.05 s is within 10 % of the budget
     assert size([1.0, 3.0, 3.0], 10) == 4  # mean 2.33 s: 4 epochs fit; never more than planned
