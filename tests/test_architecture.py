@@ -4,7 +4,8 @@ Every import of every module under ``ftbc/`` and ``baselines/`` (module level an
 functions; ``import x``, ``from x import y``, relative imports resolved) is an edge
 between two modules. Each module belongs to one layer of :data:`LAYERS`; an edge may go
 to a module of the same layer or of a lower rank, never up or sideways to another layer
-of the same rank, and the module graph has no cycle.
+of the same rank, and the module graph has no cycle. The same parse also holds every
+module and every function to a size limit (:data:`MAX_MODULE_LINES`, :data:`MAX_FUNCTION_LINES`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import ast
 import textwrap
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -38,6 +40,9 @@ LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
 # modules so that they register; they import the registry from the package. Edges from
 # such a package's submodules to the package itself are the registration pattern, not a cycle.
 REGISTRIES = ("baselines",)
+
+MAX_MODULE_LINES = 400  # past this a module holds more than one job: split it by job
+MAX_FUNCTION_LINES = 60  # about a screen: a longer function does several things, each worth a name
 
 
 def module_files(root: Path, packages=PACKAGES) -> dict[str, Path]:
@@ -159,6 +164,38 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
+def _functions(body: list[ast.stmt], prefix: str = "") -> Iterator[tuple[str, ast.AST]]:
+    """``(qualified name, def node)`` of every function, method and nested function in ``body``."""
+    for node in body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            name = prefix + node.name
+            if not isinstance(node, ast.ClassDef):
+                yield name, node
+            yield from _functions(node.body, name + ".")
+        else:  # a def under if / try / with at any depth is still one of the module's functions
+            for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+                yield from _functions(getattr(node, field, []), prefix)
+
+
+def oversized(root: Path, packages=PACKAGES) -> list[str]:
+    """Modules over :data:`MAX_MODULE_LINES` and functions over :data:`MAX_FUNCTION_LINES` under ``root``.
+
+    A function's length runs from its ``def`` line to its last line (``end_lineno - lineno + 1``):
+    decorators are not counted, its docstring and nested functions are.
+    """
+    out = []
+    for path in module_files(root, packages).values():
+        text, rel = path.read_text(), path.relative_to(root)
+        lines = len(text.splitlines())
+        if lines > MAX_MODULE_LINES:
+            out.append(f"{rel}: module of {lines} lines (limit {MAX_MODULE_LINES})")
+        for name, node in _functions(ast.parse(text, filename=str(path)).body):
+            length = node.end_lineno - node.lineno + 1
+            if length > MAX_FUNCTION_LINES:
+                out.append(f"{rel}:{node.lineno}: {name} has {length} lines (limit {MAX_FUNCTION_LINES})")
+    return out
+
+
 def test_every_module_has_a_layer():
     _, _, unmapped = check(REPO)
     assert not unmapped, f"add these modules to LAYERS in {Path(__file__).name}: {unmapped}"
@@ -172,6 +209,11 @@ def test_imports_go_down_the_layers():
 def test_no_import_cycles():
     _, found, _ = check(REPO)
     assert not found, f"import cycles: {found}"
+
+
+def test_modules_and_functions_stay_small():
+    found = oversized(REPO)
+    assert not found, "split these by job:\n" + "\n".join(found)
 
 
 def test_the_graph_sees_the_known_edges():
@@ -231,3 +273,24 @@ def test_a_cycle_is_caught(tmp_path):
 def test_an_unmapped_module_is_reported(tmp_path):
     _, _, unmapped = check(_tree(tmp_path, {**BASE_TREE, "ftbc/newlayer/__init__.py": ""}), ("ftbc",))
     assert unmapped == ["ftbc.newlayer"]
+
+
+def _body(lines: int) -> str:
+    """A function of exactly ``lines`` lines, def included."""
+    return "def f():\n" + "    x = 0\n" * (lines - 1)
+
+
+@pytest.mark.parametrize("text, flagged", [
+    (_body(MAX_FUNCTION_LINES), []),
+    (_body(MAX_FUNCTION_LINES + 1), [f"ftbc/data/a.py:1: f has {MAX_FUNCTION_LINES + 1} lines"]),
+    ("@property\n@staticmethod\n" + _body(MAX_FUNCTION_LINES), []),  # decorators are not counted
+    ("class C:\n" + textwrap.indent(_body(MAX_FUNCTION_LINES + 1), "    "),
+     [f"ftbc/data/a.py:2: C.f has {MAX_FUNCTION_LINES + 1} lines"]),  # a method, by its qualified name
+    ("if True:\n" + textwrap.indent(_body(MAX_FUNCTION_LINES + 1), "    "),
+     [f"ftbc/data/a.py:2: f has {MAX_FUNCTION_LINES + 1} lines"]),  # a def under a statement
+    ("x = 0\n" * MAX_MODULE_LINES, []),
+    ("x = 0\n" * (MAX_MODULE_LINES + 1), [f"ftbc/data/a.py: module of {MAX_MODULE_LINES + 1} lines"]),
+])
+def test_an_oversized_module_or_function_is_caught(tmp_path, text, flagged):
+    found = oversized(_tree(tmp_path, {**BASE_TREE, "ftbc/data/a.py": text}), ("ftbc",))
+    assert [f.partition(" (limit")[0] for f in found] == flagged, found
