@@ -38,8 +38,7 @@ from ftbc.models.papers import PAPERS
 from ftbc.snn.calibration import ann_output, layerwise_pass, rate_pass, resolve_order, time_means
 from ftbc.snn.ftbc_solvers import channel_mean
 from ftbc.snn.stages import register_stage
-from ftbc.data.calibration_pool import SNNC_LOADER
-from ftbc.data.calibration_pool import draw_batches
+from ftbc.data.calibration_pool import SNNC_LOADER, draw_batches
 from ftbc.snn.graph import spiking_layers
 from ftbc.snn.neuron import IFNeuron
 
