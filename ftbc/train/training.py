@@ -50,7 +50,7 @@ from ftbc.models.activations import ACTIVATIONS
 from ftbc.models.checkpoint import (CHECKPOINT_NAME, DEFAULT_INIT_LAMBDA, QCFS_L_HELP, Y_TH_HELP, _build_model,
                                     _check_device, activation_values, resolve_act_kwargs)
 from ftbc.train import resume as ftbc_resume
-from ftbc.train.budget import resize_for_budget
+from ftbc.train.time_budget import resize_for_budget
 from ftbc.train.loop import create_optimizer, create_scheduler, evaluate, train_one_epoch
 from ftbc.train.recipes import load_recipe, validate_recipe
 
@@ -222,7 +222,7 @@ def fit(model: nn.Module, loader: Iterable, recipe: dict, device, *, progress: b
     state already there with the same ``run_key`` is resumed (see
     :mod:`ftbc.train.resume`). With ``time_budget_s`` the number of epochs is set
     after the first one (at most the recipe's) and lowered later if epochs
-    get slower (see :func:`ftbc.train.budget.resize_for_budget`). Returns per-epoch
+    get slower (see :func:`ftbc.train.time_budget.resize_for_budget`). Returns per-epoch
     ``train_loss``, ``train_acc`` (%), ``lr`` and ``epoch_time_s``; raises
     :class:`TrainingError` if the loss stops being finite.
     """

@@ -21,7 +21,7 @@ from ftbc.data.catalog import CIFAR_CLASSES
 from ftbc.errors import TrainingError
 from ftbc.train.recipes import load_recipe
 from ftbc.data.distributed import DistEnv
-from ftbc.train.budget import epochs_in_budget, resize_for_budget
+from ftbc.train.time_budget import epochs_in_budget, resize_for_budget
 from ftbc.train.training import apply_overrides, train
 from ftbc.train.loop import train_one_epoch
 
